@@ -1,0 +1,7 @@
+"""One function per figure kind: ``fslib.plot.<name>(data, ax=None)``.
+
+Compute and plot are split: these functions take results (tensors, arrays, tables) and
+draw them; they never train or load a model. Sub-modules group them by chapter.
+"""
+
+from fslib.plot.common import *  # noqa: F401,F403
