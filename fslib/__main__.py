@@ -1,0 +1,3 @@
+from fslib.cli import main
+
+raise SystemExit(main())
