@@ -77,5 +77,12 @@ def _data(args) -> int:
         print(f"error: unknown dataset {args.name!r}; valid: {', '.join(data.DATASETS)}", file=sys.stderr)
         return USAGE_ERROR
     kwargs = {"resolution": args.resolution} if args.resolution else {}
-    data.prepare(args.name, **kwargs)
+    try:
+        data.prepare(args.name, **kwargs)
+    except data.DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:  # e.g. a resolution the dataset does not offer
+        print(f"error: {exc}", file=sys.stderr)
+        return USAGE_ERROR
     return 0

@@ -61,7 +61,7 @@ IMAGENET10_CLASSES = (
 # Imagenette (imagenette2), sorted-WNID order = torchvision's label order.
 IMAGENETTE_WNIDS = (
     "n01440764", "n02102040", "n02979186", "n03000684", "n03028079",
-    "n03394916", "n03417042", "n03425413", "n03445777", "n03888605",
+    "n03394916", "n03417042", "n03425413", "n03445777", "n03888257",
 )
 IMAGENETTE_CLASSES = (
     "tench", "English springer", "cassette player", "chain saw", "church",
@@ -72,4 +72,35 @@ IMAGENETTE_CLASSES = (
 IMAGENET_SCT_CLASSES = (
     "military aircraft", "car", "lorikeet", "tabby cat", "holstein",
     "Labrador retriever", "tree frog", "horse", "fishing vessel", "fire truck",
+)
+
+# Texture-vs-shape stimuli (Geirhos et al., ICLR 2019): the 16 "16-class-ImageNet" classes,
+# in their alphabetical order (= label order of fslib's cue_conflict, edges, silhouettes).
+CUE_CONFLICT_CLASSES = (
+    "airplane", "bear", "bicycle", "bird", "boat", "bottle", "car", "cat",
+    "chair", "clock", "dog", "elephant", "keyboard", "knife", "oven", "truck",
+)
+# The 7 of them that have a counterpart in CIFAR-10 and in the paper's ImageNet-10.
+CUE_CONFLICT_TO_CIFAR10 = {
+    "airplane": 0,  # airplane
+    "car": 1,       # automobile
+    "bird": 2,      # bird
+    "cat": 3,       # cat
+    "dog": 5,       # dog
+    "boat": 8,      # ship
+    "truck": 9,     # truck
+}
+CUE_CONFLICT_TO_IMAGENET10 = {
+    "airplane": 0,  # airliner
+    "car": 1,       # wagon (station wagon)
+    "bird": 2,      # humming bird
+    "cat": 3,       # Siamese cat
+    "dog": 5,       # golden retriever
+    "boat": 8,      # container ship
+    "truck": 9,     # trailer truck
+}
+CUE_CONFLICT_MAPPED = tuple(c for c in CUE_CONFLICT_CLASSES if c in CUE_CONFLICT_TO_CIFAR10)
+CUE_CONFLICT_LICENSE = (
+    "Texture-vs-shape stimuli by Geirhos, Rubisch, Michaelis, Bethge, Wichmann and Brendel "
+    "(ICLR 2019), github.com/rgeirhos/texture-vs-shape, licensed CC BY 4.0."
 )
