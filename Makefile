@@ -25,6 +25,8 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --progress-bar off -e '.[book,test]' 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+	@# 20 lossless CIFAR-10 test PNGs ship in foolbox; --no-deps keeps its framework stack out
+	$(PY) -m pip install --quiet --progress-bar off --no-deps foolbox==3.3.4 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 	$(PY) -c "import torch, torchvision, jupyter_book, papermill, jupytext"
 	@touch $(STAMP)
 

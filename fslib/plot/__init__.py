@@ -5,3 +5,7 @@ draw them; they never train or load a model. Sub-modules group them by chapter.
 """
 
 from fslib.plot.common import *  # noqa: F401,F403
+from fslib.plot.adcs import *  # noqa: F401,F403
+from fslib.plot.ood import *  # noqa: F401,F403
+from fslib.plot.ablation import *  # noqa: F401,F403
+from fslib.plot.synthetic import *  # noqa: F401,F403
