@@ -1,0 +1,188 @@
+"""Figures of Dominant Frequency Maps and the shortcut test (chapter 4).
+
+* :func:`dfm_grid`: per class a binary map, black background, white kept frequencies, in
+  the style of the paper's Fig. 7 (one row per model when given several sets).
+* :func:`loss_map_grid`: the ablation loss maps behind the DFMs.
+* :func:`dfm_examples`: images next to their DFM and the DFM-filtered image (Fig. 1 style).
+* :func:`tpr_fpr_bars`: TPR and FPR per class with intervals, the null and the paper rule.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from fslib.plot.common import new_axes
+
+__all__ = ["dfm_grid", "loss_map_grid", "dfm_examples", "tpr_fpr_bars"]
+
+
+def _np(x) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def _axes_grid(ax, rows: int, cols: int, size: float = 1.3):
+    """A (rows, cols) array of axes: new, or the given axes reshaped."""
+    if ax is None:
+        fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows + 0.3), squeeze=False)
+        return fig, axes
+    axes = np.asarray(ax, dtype=object).reshape(-1)
+    if axes.size < rows * cols:
+        raise ValueError(f"need {rows * cols} axes for a {rows} x {cols} grid, got {axes.size}")
+    return axes[0].figure, axes[: rows * cols].reshape(rows, cols)
+
+
+def _rows(data) -> tuple[list[str], list[np.ndarray]]:
+    if isinstance(data, Mapping):
+        return [str(k) for k in data], [_np(v) for v in data.values()]
+    return [""], [_np(data)]
+
+
+def dfm_grid(data, ax=None, class_names: Sequence[str] | None = None):
+    """Binary DFMs, one panel per class: black background, white kept frequencies.
+
+    Parameters
+    ----------
+    data : bool array (C, H, W), or a mapping ``{row label (e.g. model): (C, H, W)}``
+        Centred layout (DC in the middle), as returned by ``dominant_frequency_maps``.
+    ax : None or a sequence of at least ``rows * C`` axes
+    class_names : column titles (default: class indices)
+
+    Returns
+    -------
+    (Figure, ndarray of Axes, shape (rows, C))
+    """
+    labels, maps = _rows(data)
+    n_cls = maps[0].shape[0]
+    fig, axes = _axes_grid(ax, len(maps), n_cls)
+    names = list(class_names) if class_names is not None else [str(i) for i in range(n_cls)]
+    for i, (label, m) in enumerate(zip(labels, maps)):
+        for k in range(n_cls):
+            a = axes[i, k]
+            a.imshow(m[k].astype(float), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            a.set_xticks([])
+            a.set_yticks([])
+            if i == 0:
+                a.set_title(names[k], fontsize=8)
+            if k == 0 and label:
+                a.set_ylabel(label, fontsize=8)
+    return fig, axes
+
+
+def loss_map_grid(data, ax=None, class_names: Sequence[str] | None = None, baseline=None):
+    """Ablation loss maps, one panel per class (brighter = removing it hurts more).
+
+    Parameters
+    ----------
+    data : array (C, H, W), centred layout, from ``ablation_loss``
+    ax : None or a sequence of at least C axes
+    class_names : panel titles
+    baseline : array (C,) or None
+        Unablated class losses (``class_losses``); when given the maps show the increase.
+
+    Returns
+    -------
+    (Figure, ndarray of Axes, shape (1, C))
+    """
+    maps = _np(data).astype(float)
+    if baseline is not None:
+        maps = maps - _np(baseline).astype(float)[:, None, None]
+    n_cls = maps.shape[0]
+    fig, axes = _axes_grid(ax, 1, n_cls)
+    names = list(class_names) if class_names is not None else [str(i) for i in range(n_cls)]
+    vmin, vmax = float(np.nanmin(maps)), float(np.nanmax(maps))  # one colour scale for all
+    for k in range(n_cls):
+        a = axes[0, k]
+        im = a.imshow(maps[k], cmap="magma", vmin=vmin, vmax=vmax, interpolation="nearest")
+        a.set_title(names[k], fontsize=8)
+        a.set_xticks([])
+        a.set_yticks([])
+    fig.colorbar(im, ax=list(axes[0]), shrink=0.7, label="loss increase" if baseline is not None else "loss")
+    return fig, axes
+
+
+def _display(img: np.ndarray) -> np.ndarray:
+    """(C, H, W) -> (H, W, C) scaled to [0, 1] per image (filtered images lose their range)."""
+    img = np.transpose(img, (1, 2, 0)).astype(float)
+    lo, hi = img.min(), img.max()
+    return (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
+
+
+def dfm_examples(data: Mapping, ax=None):
+    """Rows of (image, its class's DFM, DFM-filtered image), in the style of Fig. 1.
+
+    Parameters
+    ----------
+    data : mapping with
+        ``images`` : (N, 3, H, W) float, the originals (any range; each panel is min-max scaled)
+        ``dfms`` : (N, H, W) bool, the DFM applied to each image
+        ``filtered`` : (N, 3, H, W) float, optional; computed with
+        ``fslib.spectral.filter_frequencies`` when absent
+        ``titles`` : N str, optional row labels
+    ax : None or a sequence of at least 3 N axes
+
+    Returns
+    -------
+    (Figure, ndarray of Axes, shape (N, 3))
+    """
+    images, dfms = data["images"], data["dfms"]
+    filtered = data.get("filtered")
+    if filtered is None:
+        from fslib.spectral import filter_frequencies
+
+        filtered = filter_frequencies(torch.as_tensor(_np(images)), torch.as_tensor(_np(dfms)))
+    images, dfms, filtered = _np(images), _np(dfms), _np(filtered)
+    n = images.shape[0]
+    fig, axes = _axes_grid(ax, n, 3, size=1.6)
+    titles = data.get("titles") or [""] * n
+    for i in range(n):
+        axes[i, 0].imshow(_display(images[i]))
+        axes[i, 1].imshow(dfms[i].astype(float), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        axes[i, 2].imshow(_display(filtered[i]))
+        axes[i, 0].set_ylabel(titles[i], fontsize=8)
+        for a in axes[i]:
+            a.set_xticks([])
+            a.set_yticks([])
+    for a, t in zip(axes[0], ("image", "DFM", "DFM-filtered")):
+        a.set_title(t, fontsize=8)
+    return fig, axes
+
+
+def tpr_fpr_bars(table, ax=None, class_names: Sequence[str] | None = None, paper_tpr: float = 0.6):
+    """TPR and FPR on DFM-filtered images per class, with 95 % intervals and the null.
+
+    Parameters
+    ----------
+    table : DataFrame from ``evaluate_dfms`` (columns class, tpr, tpr_lo, tpr_hi, fpr,
+        fpr_lo, fpr_hi, null_tpr_p95, shortcut)
+    ax : matplotlib axes or None
+    class_names : tick labels (default: the class column)
+    paper_tpr : dashed line of the paper-style rule
+
+    Returns
+    -------
+    (Figure, Axes)
+    """
+    fig, ax = new_axes(ax, figsize=(max(4.0, 0.6 * len(table) + 1.5), 3))
+    x = np.arange(len(table))
+    wdt = 0.38
+    for off, key, color in ((-wdt / 2, "tpr", "tab:blue"), (wdt / 2, "fpr", "tab:orange")):
+        val = table[key].to_numpy(float)
+        err = np.vstack([val - table[f"{key}_lo"].to_numpy(float), table[f"{key}_hi"].to_numpy(float) - val])
+        ax.bar(x + off, val, wdt, color=color, label=key.upper(), yerr=np.clip(err, 0, None), capsize=2)
+    ax.scatter(x - wdt / 2, table["null_tpr_p95"], marker="_", s=200, color="black", zorder=3,
+               label="null TPR, 95th pct.")
+    ax.axhline(paper_tpr, color="gray", ls="--", lw=1, label=f"TPR = {paper_tpr}")
+    for xi, flag in zip(x, table["shortcut"]):
+        if flag:
+            ax.annotate("*", (xi - wdt / 2, 1.02), ha="center", fontsize=12)
+    names = list(class_names) if class_names is not None else [str(c) for c in table["class"]]
+    ax.set_xticks(x, names, rotation=45 if max(len(s) for s in names) > 3 else 0, ha="right" if
+                  max(len(s) for s in names) > 3 else "center")
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("rate on DFM-filtered images")
+    ax.legend(fontsize=7, ncol=4, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    return fig, ax

@@ -1,0 +1,421 @@
+"""Tests of fslib.dfm: exactness against a slow direct ablation, a planted shortcut is found,
+threshold counts, symmetry, checkpoint / resume, the shortcut test and storage."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from fslib import dfm
+from fslib.spectral import (
+    conjugate_index,
+    conjugate_mirror,
+    conjugate_pairs,
+    fft_centred,
+    filter_frequencies,
+    radial_bins,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors gain nothing from threads, and on a busy machine two threads made
+    these tests a hundred times slower; restore the setting afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# --------------------------------------------------------------------------- helpers
+class TinyNet(nn.Module):
+    """A small conv net; ``fail_after`` (not a parameter) makes it raise after n forwards."""
+
+    def __init__(self, num_classes: int = 3, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 6, 3, padding=1, stride=2)
+        self.bn = nn.BatchNorm2d(6)
+        self.fc = nn.Linear(6, num_classes)
+        with torch.no_grad():  # non-trivial running statistics, so eval mode matters
+            self.bn.running_mean.uniform_(-0.5, 0.5)
+            self.bn.running_var.uniform_(0.5, 2.0)
+        self.fail_after: int | None = None
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise RuntimeError("simulated interruption")
+        x = torch.tanh(self.conv1(x))
+        x = torch.relu(self.bn(self.conv2(x)))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def slow_ablation(model, images, labels, num_classes, patch_size):
+    """Direct computation: mask the centred spectrum (block and its true conjugate block),
+    inverse FFT, real part, forward, per-class mean. One forward per block, no sharing."""
+    n, c, h, w = images.shape
+    rc, cc = conjugate_index(h).tolist(), conjugate_index(w).tolist()
+    out = torch.zeros(num_classes, h, w, dtype=torch.float64)
+    model.eval()
+    for r0 in range(0, h, patch_size):
+        for s0 in range(0, w, patch_size):
+            keep = torch.ones(h, w, dtype=torch.bool)
+            for r in range(r0, min(r0 + patch_size, h)):
+                for s in range(s0, min(s0 + patch_size, w)):
+                    keep[r, s] = keep[rc[r], cc[s]] = False
+            with torch.no_grad():
+                loss = F.cross_entropy(model(filter_frequencies(images, keep)), labels, reduction="none")
+            for k in range(num_classes):
+                out[k, r0 : r0 + patch_size, s0 : s0 + patch_size] = loss[labels == k].double().mean()
+    return out
+
+
+def data(h, w, n=9, num_classes=3, dtype=torch.float64, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.randn(n, 3, h, w, generator=gen, dtype=dtype)
+    labels = torch.arange(n) % num_classes
+    return images, labels
+
+
+# --------------------------------------------------------------------------- units
+@pytest.mark.parametrize("h,w", [(7, 7), (8, 8), (6, 9)])
+def test_units_patch1_are_the_conjugate_pairs(h, w):
+    u = dfm.ablation_units(h, w, 1)
+    pairs = conjugate_pairs(h, w)
+    assert torch.equal(u.positions[:, 0], pairs[:, 0] * w + pairs[:, 1])
+    assert int(u.size.sum()) == h * w
+    # both members of a pair own the same unit, and the owner map is conjugate-symmetric
+    assert torch.equal(u.owner, conjugate_mirror(u.owner))
+    assert torch.bincount(u.owner.flatten()).tolist() == u.size.tolist()
+
+
+@pytest.mark.parametrize("h,w,p", [(7, 7, 2), (8, 8, 2), (9, 9, 3), (8, 8, 4), (7, 8, 3)])
+def test_units_patch_blocks_are_symmetric_and_cover(h, w, p):
+    u = dfm.ablation_units(h, w, p)
+    # every grid block owns one unit; the units' removed sets are conjugate-symmetric
+    blocks = math.ceil(h / p) * math.ceil(w / p)
+    assert len(u) <= blocks and torch.unique(u.owner).numel() == len(u)
+    for i in range(len(u)):
+        removed = torch.zeros(h * w, dtype=torch.bool)
+        keep = u.weights[i] > 0
+        removed[u.positions[i][keep]] = True
+        removed = removed.reshape(h, w) | conjugate_mirror(removed.reshape(h, w))
+        assert int(removed.sum()) == int(u.size[i])
+        assert bool(removed[u.owner == i].all())  # the block it fills is removed
+
+
+def test_units_dedupe_blocks_that_are_each_others_mirror():
+    # 9x9 with p=3: centred index k mirrors to 8-k, so block [0,3) <-> [6,9) and [3,6) is
+    # its own mirror: the 9 grid blocks form 5 units, evaluated once each.
+    u = dfm.ablation_units(9, 9, 3)
+    assert len(u) == 5
+    assert u.owner[4, 4] == u.owner[4, 4]  # DC block owns its own unit
+    assert u.owner[0, 0] == u.owner[8, 8] and u.owner[0, 8] == u.owner[8, 0]
+
+
+# --------------------------------------------------------------------------- exactness
+@pytest.mark.parametrize("h,w", [(7, 7), (8, 8)])
+@pytest.mark.parametrize("patch_size", [1, 2])
+def test_ablation_equals_slow_direct_computation(h, w, patch_size):
+    model = TinyNet().double()
+    images, labels = data(h, w)
+    fast = dfm.ablation_loss(model, images, labels, 3, patch_size=patch_size, batch_size=5, device="cpu",
+                             progress=False)
+    slow = slow_ablation(model, images, labels, 3, patch_size)
+    assert fast.shape == (3, h, w) and fast.dtype == torch.float64
+    assert (fast - slow).abs().max().item() < 1e-10
+
+
+def test_ablation_float32_within_1e5():
+    model = TinyNet()
+    images, labels = data(8, 8, dtype=torch.float32)
+    fast = dfm.ablation_loss(model, images, labels, 3, batch_size=16, device="cpu", progress=False)
+    slow = slow_ablation(model, images, labels, 3, 1)
+    assert (fast - slow).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("h,w", [(7, 7), (8, 8), (6, 7)])
+def test_ablation_map_is_conjugate_symmetric_and_batch_size_free(h, w):
+    model = TinyNet().double()
+    images, labels = data(h, w, n=7)
+    a = dfm.ablation_loss(model, images, labels, 3, batch_size=3, device="cpu", progress=False)
+    b = dfm.ablation_loss(model, images, labels, 3, batch_size=50, device="cpu", progress=False)
+    assert torch.equal(a, conjugate_mirror(a))
+    assert (a - b).abs().max().item() < 1e-12
+
+
+def test_ablation_restores_training_mode_and_uses_eval():
+    model = TinyNet().double().train()
+    images, labels = data(8, 8)
+    out = dfm.ablation_loss(model, images, labels, 3, device="cpu", progress=False)
+    assert model.training
+    assert (out - slow_ablation(model, images, labels, 3, 1)).abs().max() < 1e-10
+
+
+# --------------------------------------------------------------------------- planted shortcut
+class PlantedModel(nn.Module):
+    """Logit of class c = scale * sum of |X[q]| over the planted positions q of class c
+    (X: centred spectrum summed over channels): a fixed classifier reading a few frequencies."""
+
+    def __init__(self, planted: list[list[tuple[int, int]]], scale: float = 0.2):
+        super().__init__()
+        self.planted, self.scale = planted, scale
+
+    def forward(self, x):
+        spec = fft_centred(x).sum(dim=1)
+        feats = [sum(spec[:, r, s].abs() for r, s in qs) for qs in self.planted]
+        return self.scale * torch.stack(feats, dim=1)
+
+
+@pytest.mark.parametrize("h,w", [(8, 8), (9, 9)])
+def test_planted_frequencies_are_exactly_the_dfms(h, w):
+    planted = [[(1, 2), (3, 5)], [(2, 6), (h // 2, w // 2 + 2)], [(0, 3), (5, 1)]]
+    model = PlantedModel(planted)
+    images, labels = data(h, w, n=12)
+    maps = dfm.ablation_loss(model, images, labels, 3, batch_size=20, device="cpu", progress=False)
+    dfms = dfm.dominant_frequency_maps(maps, top=4 / (h * w))  # two pairs = four positions
+    rc, cc = conjugate_index(h), conjugate_index(w)
+    for k, qs in enumerate(planted):
+        expected = torch.zeros(h, w, dtype=torch.bool)
+        for r, s in qs:
+            expected[r, s] = expected[rc[r], cc[s]] = True
+        assert int(expected.sum()) == 4
+        assert torch.equal(dfms[k], expected), f"class {k}"
+
+
+# --------------------------------------------------------------------------- thresholds
+@pytest.mark.parametrize("h,w", [(7, 7), (8, 8), (32, 32), (6, 9)])
+@pytest.mark.parametrize("top", [0.01, 0.05, 0.1, 0.2, 0.5, 1.0])
+def test_dfm_counts_symmetry_and_overshoot_rule(h, w, top):
+    gen = torch.Generator().manual_seed(1)
+    raw = torch.rand(4, h, w, generator=gen)
+    maps = raw + conjugate_mirror(raw)  # conjugate-symmetric like a patch-1 map
+    maps[3] = 1.0  # all ties: broken by flat index
+    out = dfm.dominant_frequency_maps(maps, top=top)
+    target = math.floor(top * h * w + 0.5)
+    pairs = conjugate_pairs(h, w)
+    size = torch.where((pairs[:, :2] == pairs[:, 2:]).all(1), 1, 2)
+    assert torch.equal(out, conjugate_mirror(out))
+    for k in range(4):
+        count = int(out[k].sum())
+        score = maps[k][pairs[:, 0], pairs[:, 1]]
+        order = torch.sort(score, descending=True, stable=True).indices
+        taken = int((torch.cumsum(size[order], 0) <= target).sum())
+        assert count in (target, target - 1)
+        if count == target - 1:  # only when the next pair in rank order has two members
+            assert int(size[order[taken]]) == 2
+        # the kept pairs are exactly the first ones in rank order
+        kept = out[k][pairs[:, 0], pairs[:, 1]]
+        assert bool(kept[order[:taken]].all()) and not bool(kept[order[taken:]].any())
+
+
+def test_dfm_ties_are_broken_by_flat_index():
+    out = dfm.dominant_frequency_maps(torch.zeros(1, 8, 8), top=6 / 64)
+    # representatives in flat order: (0,0) self-conjugate, then (0,1)<->(0,7), (0,2)<->(0,6)
+    expected = {(0, 0), (0, 1), (0, 7), (0, 2), (0, 6)}
+    assert {tuple(p) for p in out[0].nonzero().tolist()} == expected  # 5: the next pair would make 7
+
+
+def test_dfm_thresholds_are_nested():
+    maps = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(2))
+    outs = [dfm.dominant_frequency_maps(maps, t) for t in dfm.PAPER_THRESHOLDS]
+    for small, big in zip(outs, outs[1:]):
+        assert bool((big | ~small).all())
+
+
+def test_dfm_block_maps_use_the_best_removal_of_each_pair():
+    maps = torch.zeros(1, 8, 8)
+    maps[0, 2:4, 2:4] = 5.0  # a block-constant map, not conjugate-symmetric
+    out = dfm.dominant_frequency_maps(maps, top=8 / 64)
+    assert bool(out[0, 2:4, 2:4].all()) and bool(conjugate_mirror(out)[0, 2:4, 2:4].all())
+    assert int(out.sum()) == 8
+
+
+@pytest.mark.parametrize("bad", [0, -0.1, 1.5, float("nan")])
+def test_bad_top_is_rejected(bad):
+    with pytest.raises(ValueError, match="top"):
+        dfm.dominant_frequency_maps(torch.zeros(2, 4, 4), top=bad)
+
+
+def test_bad_inputs_name_the_problem():
+    model = TinyNet().double()
+    images, labels = data(8, 8)
+    with pytest.raises(ValueError, match="patch_size"):
+        dfm.ablation_loss(model, images, labels, 3, patch_size=0, progress=False)
+    with pytest.raises(ValueError, match="labels must lie"):
+        dfm.ablation_loss(model, images, labels + 1, 3, progress=False)
+    with pytest.raises(ValueError, match=r"classes \[3\] have no images"):
+        dfm.ablation_loss(model, images, labels, 4, progress=False)
+    with pytest.raises(ValueError, match="float tensor"):
+        dfm.ablation_loss(model, images.to(torch.uint8), labels, 3, progress=False)
+
+
+# --------------------------------------------------------------------------- checkpoints
+def test_checkpoint_resume_gives_identical_maps(tmp_path):
+    images, labels = data(8, 8)
+    ckpt = tmp_path / "abl.npz"
+    full = dfm.ablation_loss(TinyNet().double(), images, labels, 3, batch_size=18, device="cpu", progress=False)
+    model = TinyNet().double()
+    model.fail_after = 5  # each forward holds 2 units x 9 images; dies in the 6th chunk
+    with pytest.raises(RuntimeError, match="simulated"):
+        dfm.ablation_loss(model, images, labels, 3, batch_size=18, device="cpu", progress=False,
+                          checkpoint=ckpt, checkpoint_every=0.0)
+    partial = np.load(ckpt, allow_pickle=False)
+    assert 0 < partial["done"].sum() < len(partial["done"])
+    model.fail_after, model.calls = None, 0
+    resumed = dfm.ablation_loss(model, images, labels, 3, batch_size=18, device="cpu", progress=False,
+                                checkpoint=ckpt)
+    assert model.calls == 17 - int(partial["done"].sum()) // 2  # only the missing chunks ran
+    assert torch.equal(resumed, full)
+    # a finished checkpoint answers without any forward pass
+    model.fail_after, model.calls = 0, 0
+    again = dfm.ablation_loss(model, images, labels, 3, device="cpu", progress=False, checkpoint=ckpt)
+    assert torch.equal(again, full)
+
+
+def test_mismatched_checkpoint_is_an_error_naming_what_differs(tmp_path):
+    images, labels = data(8, 8)
+    ckpt = tmp_path / "abl.npz"
+    dfm.ablation_loss(TinyNet().double(), images, labels, 3, device="cpu", progress=False, checkpoint=ckpt)
+    with pytest.raises(ValueError, match="model"):
+        dfm.ablation_loss(TinyNet(seed=1).double(), images, labels, 3, device="cpu", progress=False, checkpoint=ckpt)
+    with pytest.raises(ValueError, match="patch_size"):
+        dfm.ablation_loss(TinyNet().double(), images, labels, 3, patch_size=2, device="cpu", progress=False,
+                          checkpoint=ckpt)
+    with pytest.raises(ValueError, match="images"):
+        dfm.ablation_loss(TinyNet().double(), images + 1e-9, labels, 3, device="cpu", progress=False, checkpoint=ckpt)
+
+
+# --------------------------------------------------------------------------- shortcut test
+def direct_tpr_fpr(model, images, labels, dfms):
+    """Slow reference: filter every image with each class's DFM, predict, count."""
+    model.eval()
+    out = []
+    for i in range(dfms.shape[0]):
+        with torch.no_grad():
+            pred = model(filter_frequencies(images, dfms[i])).argmax(1)
+        pos = labels == i
+        out.append(((pred[pos] == i).double().mean().item(), (pred[~pos] == i).double().mean().item()))
+    return out
+
+
+def test_evaluate_dfms_matches_direct_counts_and_has_valid_intervals():
+    model = TinyNet().double()
+    images, labels = data(8, 8, n=30)
+    maps = dfm.ablation_loss(model, images, labels, 3, device="cpu", progress=False)
+    dfms = dfm.dominant_frequency_maps(maps, 0.2)
+    table = dfm.evaluate_dfms(model, images, labels, dfms, batch_size=7, device="cpu", n_boot=200,
+                              n_null=20, seed=0, progress=False)
+    assert list(table.columns) == ["class", "baseline_acc", "tpr", "tpr_lo", "tpr_hi", "fpr", "fpr_lo",
+                                   "fpr_hi", "null_tpr_p95", "null_tpr_mean", "shortcut", "paper_rule", "n_freq"]
+    for i, (tpr, fpr) in enumerate(direct_tpr_fpr(model, images, labels, dfms)):
+        row = table.iloc[i]
+        assert row.tpr == pytest.approx(tpr) and row.fpr == pytest.approx(fpr)
+        assert row.tpr_lo <= row.tpr <= row.tpr_hi and row.fpr_lo <= row.fpr <= row.fpr_hi
+        assert row.n_freq == int(dfms[i].sum())
+        assert row.shortcut == (row.tpr > row.null_tpr_p95) and row.paper_rule == (row.tpr >= 0.6)
+    again = dfm.evaluate_dfms(model, images, labels, dfms, batch_size=30, device="cpu", n_boot=200,
+                              n_null=20, seed=0, progress=False)
+    assert again.equals(table)  # deterministic for a seed, whatever the batch size
+
+
+def test_evaluate_with_full_masks_is_the_plain_confusion():
+    model = TinyNet().double()
+    images, labels = data(8, 8, n=30)
+    full = torch.ones(3, 8, 8, dtype=torch.bool)
+    table = dfm.evaluate_dfms(model, images, labels, full, device="cpu", n_boot=50, n_null=5, progress=False)
+    with torch.no_grad():
+        pred = model.eval()(images).argmax(1)
+    for i in range(3):
+        row = table.iloc[i]
+        assert row.tpr == pytest.approx(row.baseline_acc)
+        assert row.fpr == pytest.approx((pred[labels != i] == i).double().mean().item())
+        assert row.null_tpr_p95 == pytest.approx(row.tpr) and not row.shortcut  # null = same mask
+
+
+@pytest.mark.parametrize("h,w", [(8, 8), (9, 9), (16, 16)])
+def test_null_masks_match_count_and_radial_profile(h, w):
+    maps = torch.rand(1, h, w, generator=torch.Generator().manual_seed(3))
+    d = dfm.dominant_frequency_maps(maps + conjugate_mirror(maps), 0.1)[0]
+    d[h // 2, w // 2] = True  # include the self-conjugate DC
+    null = dfm._null_masks(d, 50, torch.Generator().manual_seed(0))
+    bins = radial_bins(h, w).flatten()
+    want = torch.bincount(bins[d.flatten()], minlength=int(bins.max()) + 1)
+    for m in null:
+        assert torch.equal(m, conjugate_mirror(m))
+        assert torch.equal(torch.bincount(bins[m.flatten()], minlength=int(bins.max()) + 1), want)
+    assert len({tuple(m.flatten().tolist()) for m in null}) > 1  # really random
+
+
+# --------------------------------------------------------------------------- helpers
+def test_iou_properties():
+    gen = torch.Generator().manual_seed(4)
+    a = torch.rand(3, 8, 8, generator=gen) > 0.5
+    b = torch.rand(3, 8, 8, generator=gen) > 0.5
+    assert torch.equal(dfm.iou(a, a), torch.ones(3, dtype=torch.float64))
+    assert torch.equal(dfm.iou(a, b), dfm.iou(b, a))
+    assert torch.equal(dfm.iou(a, ~a), torch.zeros(3, dtype=torch.float64))
+    empty = torch.zeros(1, 4, 4, dtype=torch.bool)
+    assert dfm.iou(empty, empty).item() == 1.0
+
+
+def test_split_indices_partition_per_class():
+    labels = torch.arange(40) % 4
+    rank, score = dfm.split_indices(labels, 0.5, seed=0)
+    assert torch.equal(torch.sort(torch.cat([rank, score])).values, torch.arange(40))
+    assert torch.bincount(labels[rank]).tolist() == [5, 5, 5, 5]
+    assert not torch.equal(rank, dfm.split_indices(labels, 0.5, seed=1)[0])
+
+
+def test_save_and_load_round_trip_without_pickle(tmp_path):
+    maps = torch.rand(3, 8, 8, dtype=torch.float64)
+    dfms = {t: dfm.dominant_frequency_maps(maps, t) for t in (0.05, 0.2)}
+    prov = {"run": "abc123", "images": "cifar10/test", "patch_size": 1}
+    path = tmp_path / "dfm.npz"
+    dfm.save_dfms(path, maps, dfms, prov)
+    with np.load(path, allow_pickle=False) as z:  # must load with pickles disabled
+        assert set(z.files) == {"loss_maps", "dfm_0", "dfm_1", "provenance"}
+    saved = dfm.load_dfms(path)
+    assert torch.equal(saved.loss_maps, maps)
+    assert set(saved.dfms) == {0.05, 0.2} and all(torch.equal(saved.dfms[t], dfms[t]) for t in dfms)
+    assert saved.provenance == {**prov, "thresholds": [0.05, 0.2]}
+
+
+def test_config_defaults_are_the_papers():
+    cfg = dfm.DFMConfig()
+    assert cfg.top == 0.05 and cfg.thresholds == (0.01, 0.05, 0.10, 0.20) and cfg.rank_on == "same"
+    with pytest.raises(ValueError, match="rank_on"):
+        dfm.DFMConfig(rank_on="train")
+
+
+def test_plot_functions_draw_every_class():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fslib.plot import dfm_examples, dfm_grid, loss_map_grid, tpr_fpr_bars
+
+    maps = torch.rand(3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    d = dfm.dominant_frequency_maps(maps, 0.1)
+    fig, axes = dfm_grid({"a": d, "b": ~d}, class_names=["x", "y", "z"])
+    assert axes.shape == (2, 3) and axes[0, 1].get_title() == "y"
+    assert np.array_equal(axes[0, 0].images[0].get_array(), d[0].numpy().astype(float))
+    fig2, axes2 = loss_map_grid(maps, baseline=torch.zeros(3))
+    fig3, axes3 = dfm_examples({"images": torch.rand(2, 3, 8, 8), "dfms": d[:2]})
+    assert axes2.shape == (1, 3) and axes3.shape == (2, 3)
+    images, labels = data(8, 8, n=12)
+    table = dfm.evaluate_dfms(TinyNet().double(), images, labels, d, device="cpu", n_boot=20, n_null=3,
+                              progress=False)
+    fig4, ax4 = tpr_fpr_bars(table)
+    assert len(ax4.patches) == 6  # a TPR and an FPR bar per class
+    for f in (fig, fig2, fig3, fig4):
+        plt.close(f)
