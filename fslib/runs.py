@@ -1,0 +1,309 @@
+"""Content-addressed training runs: train once, reuse everywhere.
+
+``get_or_train(cfg)`` keys a folder by the hash of the :class:`~fslib.train.TrainConfig`
+and the fslib version::
+
+    cache_dir("runs")/<model>-<dataset>-<hash>/
+        config.json       the config (and its hash)
+        environment.json  versions, device, git commit, threads
+        checkpoint.pt     model + optimiser + scheduler + counters + history + tracking,
+                          rewritten atomically after every epoch
+        history.json/.csv one row per epoch
+        tracking.csv      per-class accuracy on the tracking sets (may be empty)
+        metrics.json      final test metrics
+        DONE              written last: the run is finished
+
+A finished run is loaded without touching the data. An unfinished one resumes from its
+last checkpoint and, because every epoch's random draws are seeded by ``(seed, epoch)``,
+ends with the same weights as an uninterrupted run. Checkpoints load with
+``torch.load(weights_only=True)``; one that cannot be read, or that belongs to another
+config or fslib version, is reported with a :class:`CheckpointWarning` naming the file and
+the reason, renamed to ``checkpoint.pt.damaged`` and the run is retrained from scratch.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn as nn
+
+import fslib
+from fslib import augment as aug
+from fslib import models
+from fslib.constants import normalization
+from fslib.device import resolve_device
+from fslib.io import atomic_torch_save, atomic_write_text, read_json, stable_hash, write_json
+from fslib.paths import cache_dir, repo_root
+from fslib.train import TrackingRecorder, Trainer, TrainConfig, evaluate, load_data, predict
+
+__all__ = ["Run", "CheckpointWarning", "run_hash", "run_path", "get_or_train", "load_finished", "environment"]
+
+CHECKPOINT_FORMAT = 1
+
+
+class CheckpointWarning(UserWarning):
+    """A run's checkpoint or records could not be used; the run is retrained."""
+
+
+# --------------------------------------------------------------------------- the run object
+@dataclass
+class Run:
+    """A trained model with its records.
+
+    Attributes
+    ----------
+    model : nn.Module, in eval mode on ``device``
+    config : TrainConfig
+    history : DataFrame, one row per epoch (epoch, lr, train_loss, train_acc, iterations,
+        val_loss, val_acc, step, seconds, cpu_seconds)
+    tracking : DataFrame (iteration, set, class, accuracy, fpr), empty without tracking
+    metrics : dict, test_acc, per_class_acc, test_confusion, epochs, wall_seconds, data_source, ...
+    path : Path, the run folder
+    device : torch.device
+    """
+
+    model: nn.Module
+    config: TrainConfig
+    history: pd.DataFrame
+    tracking: pd.DataFrame
+    metrics: dict[str, Any]
+    path: Path
+    device: torch.device
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """Model input from raw images ``(N, C, H, W)`` (uint8, or float in [0, 1]): float32,
+        normalised with the dataset's mean/std (:func:`fslib.constants.normalization`)."""
+        mean, std = normalization(self.config.dataset)
+        return aug.normalize(images, mean, std)
+
+    def predict(self, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+        """Logits ``(N, num_classes)`` float32 on the CPU.
+
+        ``images`` ``(N, C, H, W)``: uint8 images are normalised for you (batch by batch);
+        float images must already be normalised (see :meth:`normalize`).
+        """
+        if images.dtype == torch.uint8:
+            mean, std = normalization(self.config.dataset)
+            return predict(self.model, images, batch_size, self.device, mean=mean, std=std)
+        return predict(self.model, images, batch_size, self.device)
+
+
+# --------------------------------------------------------------------------- paths and records
+def run_hash(cfg: TrainConfig) -> str:
+    """Hash of the config and the fslib version (16 hex digits)."""
+    return stable_hash({"config": cfg.to_dict(), "fslib": fslib.__version__})
+
+
+def run_path(cfg: TrainConfig) -> Path:
+    """``cache_dir("runs")/<model>-<dataset>-<hash>`` (not created)."""
+    return cache_dir("runs") / f"{cfg.model}-{cfg.dataset}-{run_hash(cfg)}"
+
+
+def _git(*args: str) -> str | None:
+    root = repo_root()
+    if root is None:
+        return None
+    try:
+        out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Versions, device, git commit and thread counts of this process."""
+    import torchvision
+
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "fslib": fslib.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": np.__version__,
+        "pandas": pd.__version__,
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "device": str(device),
+        "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": None if status is None else bool(status),
+        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _meta(cfg: TrainConfig, classes: Sequence[str]) -> dict[str, Any]:
+    return {"format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "fslib_version": fslib.__version__,
+            "classes": list(classes)}
+
+
+def _load_state(file: Path) -> Any:
+    """``torch.load(file, weights_only=True)`` on the CPU; unreadable files raise ValueError."""
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated, not a zip, or holds non-weights objects
+        raise ValueError(f"cannot be read with torch.load(weights_only=True) ({type(exc).__name__}); "
+                         "it is truncated, corrupted or not written by fslib") from exc
+
+
+def _read_checkpoint(file: Path, cfg: TrainConfig) -> dict[str, Any] | None:
+    """The checkpoint's state, or None (missing, or damaged: warned and renamed aside)."""
+    if not file.exists():
+        return None
+    try:
+        state = _load_state(file)
+        if not isinstance(state, dict) or not {"meta", "trainer", "finished"} <= set(state):
+            raise ValueError("not an fslib checkpoint (missing meta/trainer/finished)")
+        meta = state["meta"]
+        if meta.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"checkpoint format {meta.get('format')!r}, expected {CHECKPOINT_FORMAT}")
+        if meta.get("fslib_version") != fslib.__version__:
+            raise ValueError(f"written by fslib {meta.get('fslib_version')!r}, this is {fslib.__version__}")
+        if meta.get("config") != cfg.to_dict():
+            raise ValueError("its config differs from this run's config")
+        return state
+    except Exception as exc:  # noqa: BLE001 - any failure means "do not use it"
+        _discard(file, exc)
+        return None
+
+
+def _discard(file: Path, exc: BaseException) -> None:
+    aside = file.with_name(file.name + ".damaged")
+    reason = (str(exc).strip().splitlines() or [""])[0]
+    warnings.warn(f"unusable checkpoint {file}: {type(exc).__name__}: {reason}. Moved to {aside.name}; "
+                  "the run is retrained from scratch.", CheckpointWarning, stacklevel=3)
+    try:
+        os.replace(file, aside)
+    except OSError:
+        pass
+
+
+def _save_progress(trainer: Trainer, path: Path, finished: bool) -> None:
+    state = {"meta": _meta(trainer.cfg, trainer.data.test.classes), "trainer": trainer.state_dict(), "finished": finished}
+    atomic_torch_save(state, path / "checkpoint.pt")
+    history = trainer.history_frame()
+    write_json(path / "history.json", trainer.history)
+    atomic_write_text(path / "history.csv", history.to_csv(index=False))
+    tracking = trainer.recorder.frame() if trainer.recorder else pd.DataFrame(columns=list(TrackingRecorder.COLUMNS))
+    atomic_write_text(path / "tracking.csv", tracking.to_csv(index=False))
+
+
+def _read_tracking(path: Path) -> pd.DataFrame:
+    df = pd.read_csv(path / "tracking.csv")
+    return df if len(df) else pd.DataFrame(columns=list(TrackingRecorder.COLUMNS))
+
+
+# --------------------------------------------------------------------------- public
+def load_finished(cfg: TrainConfig, device="auto") -> Run | None:
+    """The finished run of ``cfg`` from the cache, or None if it is not finished.
+
+    Raises whatever reading the records raises (``get_or_train`` turns that into a
+    warning and a retrain).
+    """
+    path = run_path(cfg)
+    if not (path / "DONE").exists():
+        return None
+    dev = resolve_device(device)
+    file = path / "checkpoint.pt"
+    state = _load_state(file)
+    if not isinstance(state, dict) or state.get("meta", {}).get("config") != cfg.to_dict() or not state.get("finished"):
+        raise ValueError(f"{file} does not hold the finished run of this config")
+    model = models.build(cfg.model, len(state["meta"]["classes"]), width=cfg.width)
+    model.load_state_dict(state["trainer"]["model"])
+    model.to(dev).eval()
+    if cfg.channels_last:  # the layout it was trained and evaluated in (same maths, same rounding)
+        model = model.to(memory_format=torch.channels_last)
+    history = pd.DataFrame(read_json(path / "history.json"))
+    return Run(model, cfg, history, _read_tracking(path), read_json(path / "metrics.json"), path, dev)
+
+
+def get_or_train(
+    cfg: TrainConfig,
+    device: str | torch.device = "auto",
+    progress: bool = True,
+    *,
+    loader: Callable[..., Any] | None = None,
+    hooks: Sequence[Callable[[int, nn.Module], None]] = (),
+) -> Run:
+    """The finished run of ``cfg``: from the cache, resumed, or trained now.
+
+    Parameters
+    ----------
+    cfg : TrainConfig
+    device : "auto" (CUDA when present, else CPU), "cpu", "cuda", ...
+    progress : bool, tqdm bars (data preparation and training)
+    loader : callable like :func:`fslib.data.load` (tests pass a fake one)
+    hooks : extra ``hook(step, model)`` callables run during training (not part of the
+        cache key: they must only observe; a reused run does not call them)
+
+    Returns
+    -------
+    Run
+    """
+    path = run_path(cfg)
+    if (path / "DONE").exists():
+        try:
+            run = load_finished(cfg, device)
+            if run is not None:
+                return run
+        except Exception as exc:  # noqa: BLE001
+            reason = (str(exc).strip().splitlines() or [""])[0]
+            warnings.warn(f"finished run {path} is unreadable ({type(exc).__name__}: {reason}); "
+                          "resuming or retraining it.", CheckpointWarning, stacklevel=2)
+        (path / "DONE").unlink(missing_ok=True)
+    path.mkdir(parents=True, exist_ok=True)
+    dev = resolve_device(device)
+    data = load_data(cfg, loader, progress)
+    trainer = Trainer(cfg, data, dev, hooks, progress)
+    state = _read_checkpoint(path / "checkpoint.pt", cfg)
+    if state is not None:
+        try:
+            trainer.load_state_dict(state["trainer"])
+        except Exception as exc:  # noqa: BLE001
+            _discard(path / "checkpoint.pt", exc)
+            trainer = Trainer(cfg, data, dev, hooks, progress)
+    write_json(path / "config.json", {"hash": run_hash(cfg), "config": cfg.to_dict()})
+    env = environment(dev)
+    write_json(path / "environment.json", env)
+
+    trainer.fit(on_epoch_end=lambda t: _save_progress(t, path, finished=False))
+    t0 = time.perf_counter()
+    mean, std = normalization(cfg.dataset)
+    r = evaluate(trainer.model, data.test.images, data.test.labels, data.num_classes, device=dev, mean=mean, std=std)
+    history = trainer.history_frame()
+    metrics = {
+        "test_acc": r["acc"],
+        "test_loss": r["loss"],
+        "per_class_acc": r["per_class_acc"],
+        "test_confusion": r["confusion"],
+        "val_acc": float(history["val_acc"].iloc[-1]) if len(history) else None,
+        "epochs": trainer.epoch,
+        "iterations": trainer.step,
+        "train_seconds": float(history["seconds"].sum()) if len(history) else 0.0,
+        "train_cpu_seconds": float(history["cpu_seconds"].sum()) if len(history) else 0.0,
+        "torch_threads": torch.get_num_threads(),
+        "wall_seconds": float(history["seconds"].sum()) + time.perf_counter() - t0 if len(history) else 0.0,
+        "data_source": data.train.source,
+        "classes": list(data.test.classes),
+        "n_train": len(data.train),
+        "n_val": len(data.val) if data.val is not None else 0,
+        "n_test": len(data.test),
+        "parameters": models.count_parameters(trainer.model),
+    }
+    _save_progress(trainer, path, finished=True)
+    write_json(path / "metrics.json", metrics)
+    write_json(path / "environment.json", {**env, "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    atomic_write_text(path / "DONE", f"{run_hash(cfg)}\n")
+    return load_finished(cfg, dev)

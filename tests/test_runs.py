@@ -1,0 +1,146 @@
+"""fslib.runs: content-addressed runs, reuse, resume, damaged checkpoints (tiny model, tiny data)."""
+
+import json
+import warnings
+
+import pytest
+import torch
+
+import fslib
+from fslib import runs, train
+from fslib.data import LabeledImages
+
+
+def toy_loader(name, split, n=None, seed=0, progress=True, **kw):
+    n_images = 80 if split == "train" else 32
+    g = torch.Generator().manual_seed(0 if split == "train" else 1)
+    labels = torch.arange(n_images) % 4
+    images = torch.randint(0, 60, (n_images, 3, 8, 8), generator=g)
+    images[:, 0] += (labels * 60)[:, None, None]
+    return LabeledImages(images.to(torch.uint8), labels, tuple("abcd"), name, split, "toy data")
+
+
+def refusing_loader(*args, **kw):
+    raise AssertionError("a finished run must not load data")
+
+
+CFG = train.TrainConfig(dataset="cifar10", model="resnet18", width=0.0625, epochs=3, batch_size=16,
+                        scheduler="onecycle", lr=0.05, track_every=4, track_until=8, track_sets=("test", "bandstop:1"),
+                        channels_last=True)  # the layout the default profile uses; contiguous is tested in test_train
+
+
+class Interrupt(Exception):
+    pass
+
+
+def interrupt_at(step_to_fail):
+    def hook(step, model):
+        if step == step_to_fail:
+            raise Interrupt(step)
+    return hook
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FSLIB_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def weights(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def same_weights(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_hash_depends_on_every_field_and_the_version(monkeypatch):
+    base = runs.run_hash(CFG)
+    assert runs.run_hash(train.TrainConfig(**{**CFG.to_dict()})) == base
+    assert runs.run_hash(train.TrainConfig(**{**CFG.to_dict(), "seed": 1})) != base
+    assert runs.run_hash(train.TrainConfig(**{**CFG.to_dict(), "label_smoothing": 0.1})) != base
+    monkeypatch.setattr(fslib, "__version__", "99.0")
+    assert runs.run_hash(CFG) != base
+    assert runs.run_path(CFG).name.startswith("resnet18-cifar10-")
+
+
+@pytest.mark.slow
+def test_train_store_and_reuse(cache):
+    run = runs.get_or_train(CFG, device="cpu", progress=False, loader=toy_loader)
+    for name in ("checkpoint.pt", "history.json", "history.csv", "tracking.csv", "metrics.json",
+                 "environment.json", "config.json", "DONE"):
+        assert (run.path / name).exists(), name
+    assert run.path.parent == cache / "runs" and not run.model.training and train.uses_channels_last(run.model)
+    assert list(run.history.epoch) == [1, 2, 3] and run.metrics["epochs"] == 3 and run.metrics["iterations"] == 12
+    assert sorted(run.tracking.iteration.unique()) == [0, 4, 8] and len(run.tracking) == 3 * 2 * 4
+    env = json.loads((run.path / "environment.json").read_text())
+    assert env["torch"] == torch.__version__ and env["device"] == "cpu" and "git_commit" in env
+    # metrics agree with a fresh evaluation, and predict normalises uint8 for us
+    test = toy_loader("cifar10", "test")
+    logits = run.predict(test.images)
+    assert torch.allclose(logits, run.predict(run.normalize(test.images)))
+    acc = float((logits.argmax(1) == test.labels).float().mean())
+    assert run.metrics["test_acc"] == pytest.approx(acc) and run.metrics["data_source"] == "toy data"
+    assert len(run.metrics["per_class_acc"]) == 4 and len(run.metrics["test_confusion"]) == 4
+    # a second call reuses the finished run without touching the data
+    again = runs.get_or_train(CFG, device="cpu", progress=False, loader=refusing_loader)
+    assert same_weights(weights(run.model), weights(again.model))
+    assert again.tracking.equals(run.tracking) and again.history.equals(run.history)
+
+
+@pytest.mark.slow
+def test_resume_after_an_interruption_gives_the_uninterrupted_result(cache, tmp_path, monkeypatch):
+    reference = runs.get_or_train(CFG, device="cpu", progress=False, loader=toy_loader)
+    monkeypatch.setenv("FSLIB_CACHE", str(tmp_path / "other"))
+    with pytest.raises(Interrupt):  # 4 steps per epoch: dies in epoch 2, after the epoch-1 checkpoint
+        runs.get_or_train(CFG, device="cpu", progress=False, loader=toy_loader, hooks=[interrupt_at(6)])
+    assert not (runs.run_path(CFG) / "DONE").exists()
+    seen = []
+    resumed = runs.get_or_train(CFG, device="cpu", progress=False, loader=toy_loader,
+                                hooks=[lambda s, m: seen.append(s)])
+    assert seen[0] == 5  # resumed after the 4 steps of epoch 1, not from scratch
+    assert same_weights(weights(reference.model), weights(resumed.model))
+    assert resumed.tracking.equals(reference.tracking)
+    timing = ["seconds", "cpu_seconds"]
+    assert resumed.history.drop(columns=timing).equals(reference.history.drop(columns=timing))
+
+
+@pytest.mark.slow
+def test_damaged_checkpoint_is_reported_and_retrained(cache):
+    with pytest.raises(Interrupt):
+        runs.get_or_train(CFG, device="cpu", progress=False, loader=toy_loader, hooks=[interrupt_at(6)])
+    ckpt = runs.run_path(CFG) / "checkpoint.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])  # truncated, as by a crash outside atomic writes
+    seen = []
+    with pytest.warns(runs.CheckpointWarning, match="checkpoint.pt"):
+        run = runs.get_or_train(CFG, device="cpu", progress=False, loader=toy_loader, hooks=[lambda s, m: seen.append(s)])
+    assert seen[0] == 0 and run.metrics["epochs"] == 3
+    assert (run.path / "checkpoint.pt.damaged").exists()
+
+
+@pytest.mark.slow
+def test_finished_run_with_a_damaged_checkpoint_is_retrained(cache):
+    cfg = train.TrainConfig(**{**CFG.to_dict(), "epochs": 1, "track_every": 0, "track_sets": ()})
+    first = runs.get_or_train(cfg, device="cpu", progress=False, loader=toy_loader)
+    (first.path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.warns(runs.CheckpointWarning) as caught:
+        again = runs.get_or_train(cfg, device="cpu", progress=False, loader=toy_loader)
+    messages = [str(w.message) for w in caught]
+    assert any("unreadable" in m for m in messages)
+    assert any("checkpoint.pt" in m and "weights_only=True" in m for m in messages)
+    assert same_weights(weights(first.model), weights(again.model))  # deterministic retrain
+
+
+def test_checkpoint_of_another_config_is_not_used(cache):
+    cfg = train.TrainConfig(**{**CFG.to_dict(), "epochs": 1, "track_every": 0, "track_sets": ()})
+    path = runs.run_path(cfg)
+    path.mkdir(parents=True)
+    other = {"meta": {"format": runs.CHECKPOINT_FORMAT, "config": {**cfg.to_dict(), "seed": 7},
+                      "fslib_version": fslib.__version__, "classes": list("abcd")},
+             "trainer": {}, "finished": False}
+    torch.save(other, path / "checkpoint.pt")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert runs._read_checkpoint(path / "checkpoint.pt", cfg) is None
+    assert any("config differs" in str(w.message) and "checkpoint.pt" in str(w.message) for w in caught)
+    assert (path / "checkpoint.pt.damaged").exists() and not (path / "checkpoint.pt").exists()
