@@ -32,6 +32,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from fslib.stylize import ampswap_augment
+
 __all__ = [
     "AUGMENTS", "EXTRA_AUGMENTS", "augment_batch", "geometric", "random_resized_crop_boxes",
     "register_extra_augment", "extra_augment", "normalize",
@@ -215,6 +217,7 @@ EXTRA_AUGMENTS: dict[str, ExtraAugment] = {
     "none": _none,
     "autoaugment": _torchvision_v2(_autoaugment),
     "augmix": _torchvision_v2(_augmix),
+    "ampswap": ampswap_augment,  # chapter 6's weight-free stand-in for Stylized-ImageNet
 }
 """Extra augmentations by name; add more with :func:`register_extra_augment`."""
 

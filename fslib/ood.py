@@ -16,9 +16,11 @@ an illusion of generalisation. This module holds the pure computations behind ch
   in-distribution DFMs applied to ID and OOD images (:func:`fslib.dfm.evaluate_dfms`), and
   the DFM energy retained.
 * :func:`imagenet_sct_table`: the paper's ImageNet-10 -> ImageNet-SCT protocol.
-* Transfer across models (chapter 6): :func:`run_dfms` (DFMs of a cached run, cached too),
-  :func:`iou_matrix` (overlap of two models' DFMs), :func:`cross_model_table` (model B
-  tested with model A's DFMs) and :func:`shortcut_summary` (one row per model).
+* Transfer across models (chapter 6): :func:`iou_matrix` (overlap of two models' DFMs),
+  :func:`cross_model_table` (model B tested with model A's DFMs), :func:`shortcut_summary`
+  (one row per model), :func:`runs_table` and :func:`model_label`. The DFMs of a cached run
+  come from :func:`fslib.dfm.run_dfms` (one cache for every chapter), ranked on the images
+  of :func:`fslib.dfm.rank_score_split`.
 
 Label conventions: ``labels`` of an OOD set are always given in the *model's* label space
 (e.g. CIFAR-10 indices), converted from the OOD set's own classes with :func:`map_labels`.
@@ -26,7 +28,6 @@ Label conventions: ``labels`` of an OOD set are always given in the *model's* la
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -36,7 +37,6 @@ from torch import nn
 
 from fslib import dfm as _dfm
 from fslib.dfm import evaluate_dfms
-from fslib.paths import cache_dir
 from fslib.spectral import fft_centred
 
 __all__ = [
@@ -54,12 +54,12 @@ __all__ = [
     "shortcut_transfer",
     "imagenet_sct_table",
     "transfer_summary",
-    "rank_score_split",
-    "run_dfms",
     "iou_matrix",
     "cross_model_table",
     "shortcut_summary",
     "runs_table",
+    "model_label",
+    "describe_recipe",
     "robustness_verdict",
 ]
 
@@ -678,102 +678,6 @@ def imagenet_sct_table(
 
 
 # --------------------------------------------------------------------------- transfer across models
-def rank_score_split(labels: torch.Tensor, n_rank: int, n_score: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two disjoint class-balanced index sets: images to rank DFMs on and images to score them on.
-
-    The official code ranks and scores on the same test images, which flatters the TPR;
-    the book ranks on one part of the test split and scores on another.
-
-    Parameters
-    ----------
-    labels : Tensor, shape (N,), int
-    n_rank, n_score : int, total sizes; each is spread evenly over the classes present (the
-        first classes get one more image when it does not divide)
-    seed : int
-
-    Returns
-    -------
-    (rank, score) : sorted int64 index tensors, disjoint.
-    """
-    labels = labels.long().cpu()
-    classes = torch.unique(labels).tolist()
-    gen = torch.Generator().manual_seed(seed)
-    per = {name: [n // len(classes) + (i < n % len(classes)) for i in range(len(classes))]
-           for name, n in (("rank", n_rank), ("score", n_score))}
-    rank, score = [], []
-    for i, c in enumerate(classes):
-        idx = (labels == c).nonzero().flatten()
-        need = per["rank"][i] + per["score"][i]
-        if need > len(idx):
-            raise ValueError(f"class {c} has {len(idx)} images, fewer than the {need} needed for n_rank={n_rank}, n_score={n_score}")
-        idx = idx[torch.randperm(len(idx), generator=gen)]
-        rank.append(idx[: per["rank"][i]])
-        score.append(idx[per["rank"][i] : need])
-    return torch.sort(torch.cat(rank)).values, torch.sort(torch.cat(score)).values
-
-
-def _digest(t: torch.Tensor) -> str:
-    return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
-
-
-def run_dfms(
-    run: Any,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    thresholds: Sequence[float] = _dfm.PAPER_THRESHOLDS,
-    patch_size: int = 1,
-    batch_size: int | None = None,
-    device: str | torch.device = "auto",
-    progress: bool = True,
-) -> _dfm.SavedDFMs:
-    """Loss maps and DFMs of a trained run, computed once and kept in the cache.
-
-    :func:`fslib.dfm.ablation_loss` on ``run.normalize(images)``, thresholded at every value
-    of ``thresholds`` (:func:`fslib.dfm.dominant_frequency_maps`), saved with
-    :func:`fslib.dfm.save_dfms` under ``cache_dir("dfms")`` keyed by the run folder, a digest
-    of the images and labels, and ``patch_size``. An interrupted ablation resumes from its
-    checkpoint beside the file.
-
-    Parameters
-    ----------
-    run : fslib.runs.Run (anything with ``model``, ``normalize`` and ``path``)
-    images : Tensor, shape (N, C, H, W), uint8
-    labels : Tensor, shape (N,), int, every class present
-    thresholds : fractions of positions kept (paper: 1, 5, 10, 20 %)
-    patch_size, batch_size, device, progress : as in :func:`fslib.dfm.ablation_loss`
-
-    Returns
-    -------
-    fslib.dfm.SavedDFMs: ``loss_maps`` (C, H, W), ``dfms`` {threshold: bool (C, H, W)},
-    ``provenance`` (run, images digest, counts).
-    """
-    if images.dtype != torch.uint8:
-        raise TypeError(f"run_dfms takes the raw uint8 images (it normalises them), got {images.dtype}")
-    labels = labels.long().cpu()
-    with torch.no_grad():
-        probe = run.normalize(images[:1])
-        params = next(run.model.parameters(), None)
-        num_classes = int(run.model(probe.to(params.device) if params is not None else probe).shape[1])
-    key = f"{_digest(images)}-{_digest(labels)}-p{patch_size}"
-    folder = cache_dir("dfms")
-    path = folder / f"{run.path.name}-{key}.npz"
-    if path.exists():
-        saved = _dfm.load_dfms(path)
-        missing = [t for t in thresholds if float(t) not in saved.dfms]
-        if not missing:
-            return saved
-    loss = _dfm.ablation_loss(run.model, run.normalize(images), labels, num_classes, patch_size=patch_size,
-                              batch_size=batch_size, device=device, progress=progress,
-                              checkpoint=folder / f"{run.path.name}-{key}.partial.npz")
-    maps = {float(t): _dfm.dominant_frequency_maps(loss, t) for t in thresholds}
-    provenance = {"run": run.path.name, "images": _digest(images), "labels": _digest(labels), "n_images": len(labels),
-                  "counts": torch.bincount(labels, minlength=num_classes).tolist(), "patch_size": patch_size}
-    _dfm.save_dfms(path, loss, maps, provenance)
-    (folder / f"{run.path.name}-{key}.partial.npz").unlink(missing_ok=True)
-    return _dfm.load_dfms(path)
-
-
 def iou_matrix(dfms: Mapping[str, torch.Tensor]) -> pd.DataFrame:
     """Mean over classes of the IoU of two models' DFMs, for every pair of models.
 
@@ -864,24 +768,75 @@ def shortcut_summary(table: pd.DataFrame, accuracy: Mapping[str, float] | None =
     return out
 
 
-def runs_table(runs: Mapping[str, Any]) -> pd.DataFrame:
-    """One row per trained run: what it is and how well it does.
+_MODEL_NAMES = {"resnet18": "ResNet18", "resnet50": "ResNet50", "vgg16": "VGG16", "alexnet": "AlexNet"}
+_AUGMENT_NAMES = {"autoaugment": "AutoAugment", "augmix": "AugMix", "ampswap": "amplitude swap"}
+
+
+def model_label(model: str, extra_augment: str = "none") -> str:
+    """A display name for an (architecture, extra augmentation) pair.
+
+    Unknown names are shown as given, so a new model or augmentation needs no entry here.
+
+    >>> model_label("resnet18", "augmix"), model_label("vgg16"), model_label("vit_tiny", "x")
+    ('ResNet18 + AugMix', 'VGG16', 'vit_tiny + x')
+    """
+    name = _MODEL_NAMES.get(model, model)
+    return name if extra_augment == "none" else f"{name} + {_AUGMENT_NAMES.get(extra_augment, extra_augment)}"
+
+
+def describe_recipe(cfg: Any, skip: Sequence[str] = ("track_every", "track_until", "track_sets")) -> str:
+    """The training settings of ``cfg`` that differ from the paper's, as one line of text.
+
+    Reads :func:`fslib.recipes.describe` (the fields that differ from the ``TrainConfig``
+    defaults, which are the paper's recipe) and adds the paper's value of each, for the
+    chapters' "Differences from the paper" tables (glued, never typed).
+
+    Parameters
+    ----------
+    cfg : fslib.train.TrainConfig
+    skip : field names left out (by default the learning-dynamics tracking of chapter 2)
+
+    Returns
+    -------
+    str, e.g. ``"width 0.25 (paper 1.0); epochs 8 (paper 200)"`` (``unset`` for a None:
+    no cap, the whole split); ``"as the paper"`` when nothing differs.
+    """
+    from fslib import recipes
+    from fslib.train import TrainConfig
+
+    paper = TrainConfig(dataset=cfg.dataset, model=cfg.model).to_dict()
+    def show(v: Any) -> str:
+        return "unset" if v is None else str(v)  # None: no cap / the whole split
+
+    parts = [f"{k} {show(v)} (paper {show(paper[k])})" for k, v in recipes.describe(cfg).items() if k not in skip]
+    return "; ".join(parts) if parts else "as the paper"
+
+
+def runs_table(runs: Mapping[str, Any], min_acc: float | None = None) -> pd.DataFrame:
+    """One row per trained run: what it is, how well it does and what it cost.
 
     Parameters
     ----------
     runs : mapping name -> fslib.runs.Run
+    min_acc : float or None
+        When given, a column ``meets_min_acc`` says whether ``test_acc >= min_acc``.
 
     Returns
     -------
-    DataFrame indexed by name: model, width, extra_augment, epochs, parameters, test_acc,
-    train_minutes.
+    DataFrame indexed by name: model, width, extra_augment, epochs, n_train, parameters,
+    test_acc, train_minutes, minutes_per_epoch (wall time of training over its epochs, as
+    measured on the machine that trained it) and optionally meets_min_acc.
     """
     rows = {}
     for name, run in runs.items():
         cfg, m = run.config, run.metrics
+        minutes = float(m.get("train_seconds", float("nan"))) / 60
         rows[name] = {"model": cfg.model, "width": cfg.width, "extra_augment": cfg.extra_augment, "epochs": cfg.epochs,
-                      "parameters": int(m.get("parameters", 0)), "test_acc": float(m["test_acc"]),
-                      "train_minutes": float(m.get("train_seconds", float("nan"))) / 60}
+                      "n_train": m.get("n_train"), "parameters": int(m.get("parameters", 0)),
+                      "test_acc": float(m["test_acc"]), "train_minutes": minutes,
+                      "minutes_per_epoch": minutes / max(int(m.get("epochs", cfg.epochs)), 1)}
+        if min_acc is not None:
+            rows[name]["meets_min_acc"] = rows[name]["test_acc"] >= min_acc
     out = pd.DataFrame.from_dict(rows, orient="index")
     out.index.name = "run"
     return out

@@ -243,20 +243,8 @@ def test_imagenet_sct_table_on_fake_sets_matches_shortcut_transfer():
 from types import SimpleNamespace  # noqa: E402
 
 from fslib import dfm as dfm_module  # noqa: E402
-from fslib.ood import cross_model_table, iou_matrix, rank_score_split, run_dfms, shortcut_summary  # noqa: E402
-
-
-def test_rank_score_split_is_disjoint_and_balanced():
-    labels = torch.arange(10).repeat_interleave(30)[torch.randperm(300, generator=torch.Generator().manual_seed(0))]
-    rank, score = rank_score_split(labels, 50, 103, seed=1)
-    assert len(rank) == 50 and len(score) == 103
-    assert not set(rank.tolist()) & set(score.tolist())
-    assert torch.bincount(labels[rank], minlength=10).tolist() == [5] * 10
-    assert sorted(torch.bincount(labels[score], minlength=10).tolist()) == [10] * 7 + [11] * 3
-    again = rank_score_split(labels, 50, 103, seed=1)
-    assert torch.equal(again[0], rank) and torch.equal(again[1], score)
-    with pytest.raises(ValueError, match="fewer than"):
-        rank_score_split(labels, 200, 200)
+from fslib.dfm import run_dfms  # noqa: E402  (the one DFM cache every chapter uses)
+from fslib.ood import cross_model_table, iou_matrix, shortcut_summary  # noqa: E402
 
 
 def _fake_run(tmp_path, name="probe"):
@@ -271,7 +259,7 @@ def _uint8_set(seed):
     return ((images + 1.5) * 80).round().clamp(0, 255).to(torch.uint8), labels
 
 
-def test_run_dfms_finds_the_planted_frequencies_and_is_cached(tmp_path, monkeypatch):
+def test_run_dfms_of_a_run_finds_the_planted_frequencies_and_is_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("FSLIB_CACHE", str(tmp_path / "cache"))
     images, labels = _uint8_set(seed=4)
     run = _fake_run(tmp_path)
@@ -371,6 +359,32 @@ def test_robustness_verdict_rule_and_runs_table():
     with pytest.raises(ValueError, match="baseline"):
         robustness_verdict({"x": 1}, "b")
     cfg = SimpleNamespace(model="resnet18", width=0.5, extra_augment="ampswap", epochs=3)
-    run = SimpleNamespace(config=cfg, metrics={"test_acc": 0.8, "parameters": 10, "train_seconds": 120.0})
-    t = runs_table({"r": run})
+    run = SimpleNamespace(config=cfg, metrics={"test_acc": 0.8, "parameters": 10, "train_seconds": 120.0, "epochs": 3})
+    weak = SimpleNamespace(config=cfg, metrics={"test_acc": 0.7, "parameters": 10, "train_seconds": 60.0, "epochs": 2})
+    t = runs_table({"r": run, "w": weak}, min_acc=0.75)
     assert t.loc["r", "train_minutes"] == 2.0 and t.loc["r", "extra_augment"] == "ampswap"
+    assert math.isclose(t.loc["r", "minutes_per_epoch"], 2 / 3) and t.loc["w", "minutes_per_epoch"] == 0.5
+    assert t["meets_min_acc"].tolist() == [True, False]
+    assert "meets_min_acc" not in runs_table({"r": run}).columns
+
+
+def test_model_label_names_pairs_and_keeps_unknown_names():
+    from fslib.ood import model_label
+
+    assert model_label("resnet18") == "ResNet18"
+    assert model_label("resnet18", "ampswap") == "ResNet18 + amplitude swap"
+    assert model_label("resnet50", "autoaugment") == "ResNet50 + AutoAugment"
+    assert model_label("newnet", "newaug") == "newnet + newaug"
+
+
+def test_describe_recipe_lists_exactly_the_fields_that_differ_from_the_paper():
+    from fslib.ood import describe_recipe
+    from fslib.train import TrainConfig
+
+    assert describe_recipe(TrainConfig(dataset="cifar10", model="resnet18")) == "as the paper"
+    paper = TrainConfig(dataset="cifar10", model="vgg16")
+    text = describe_recipe(TrainConfig(dataset="cifar10", model="vgg16", width=0.25, epochs=8))
+    assert text == f"width 0.25 (paper {paper.width}); epochs 8 (paper {paper.epochs})"
+    tracked = TrainConfig(dataset="cifar10", model="resnet18", epochs=3, track_every=5, track_until=10, track_sets=("test",))
+    assert describe_recipe(tracked) == f"epochs 3 (paper {paper.epochs})"
+    assert describe_recipe(TrainConfig(dataset="cifar10", model="resnet18", n_train=100)) == "n_train 100 (paper unset)"
