@@ -419,3 +419,268 @@ def test_plot_functions_draw_every_class():
     assert len(ax4.patches) == 6  # a TPR and an FPR bar per class
     for f in (fig, fig2, fig3, fig4):
         plt.close(f)
+
+
+# --------------------------------------------------------------------------- cached runs (chapter 4)
+class FakeRun:
+    """What run_dfms / run_shortcut_test / example_filtered use of an fslib.runs.Run."""
+
+    def __init__(self, path, model):
+        from fslib.train import TrainConfig
+
+        self.path, self.model = path, model
+        self.config = TrainConfig(dataset="cifar10")
+
+    def normalize(self, images):
+        from fslib import augment
+        from fslib.constants import normalization
+
+        return augment.normalize(images, *normalization("cifar10"))
+
+
+def uint8_data(h, w, n=12, num_classes=3, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 3, h, w), generator=gen, dtype=torch.uint8)
+    return images, torch.arange(n) % num_classes
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FSLIB_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_run_dfms_computes_once_and_derives_new_thresholds_from_the_loss_maps(cache, tmp_path):
+    model = TinyNet()
+    run = FakeRun(tmp_path / "runs" / "tiny-cifar10-0123", model)
+    images, labels = uint8_data(8, 8)
+    first = dfm.run_dfms(run, images, labels, thresholds=(0.05,), device="cpu", progress=False)
+    direct = dfm.ablation_loss(model, run.normalize(images), labels, 3, device="cpu", progress=False)
+    assert torch.allclose(first.loss_maps, direct, atol=1e-6)
+    assert first.provenance["forwards"] == 34 * 12 and first.provenance["patch_size"] == 1
+    path = dfm.dfm_cache_path(run, images, labels, 1)
+    assert path.exists() and not list(path.parent.glob("*.partial.npz"))
+    model.fail_after, model.calls = 0, 0  # any forward from here on raises
+    again = dfm.run_dfms(run, images, labels, thresholds=(0.05,), device="cpu", progress=False)
+    assert torch.equal(again.loss_maps, first.loss_maps) and torch.equal(again.dfms[0.05], first.dfms[0.05])
+    more = dfm.run_dfms(run, images, labels, thresholds=(0.05, 0.2), device="cpu", progress=False)
+    assert torch.equal(more.dfms[0.2], dfm.dominant_frequency_maps(first.loss_maps, 0.2))
+    assert more.provenance["thresholds"] == [0.05, 0.2] and more.provenance["seconds"] == first.provenance["seconds"]
+    assert model.calls == 0
+    other = images.clone()
+    other[0, 0, 0, 0] ^= 1  # one pixel differs: another key
+    assert dfm.dfm_cache_path(run, other, labels, 1) != path
+    assert dfm.dfm_cache_path(run, images, labels, 2) != path
+    with pytest.raises(TypeError, match="uint8"):
+        dfm.run_dfms(run, images.float(), labels, progress=False)
+
+
+def test_run_shortcut_test_is_evaluate_dfms_on_normalised_images_and_is_cached(cache, tmp_path):
+    model = TinyNet()
+    run = FakeRun(tmp_path / "runs" / "tiny-cifar10-0123", model)
+    images, labels = uint8_data(8, 8, n=15)
+    dfms = dfm.dominant_frequency_maps(torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(2)), 0.3)
+    kw = dict(n_boot=50, n_null=4, seed=1, device="cpu", progress=False)
+    table = dfm.run_shortcut_test(run, images, labels, dfms, **kw)
+    direct = dfm.evaluate_dfms(model, run.normalize(images), labels, dfms, **kw)
+    pd_testing = pytest.importorskip("pandas.testing")
+    pd_testing.assert_frame_equal(table, direct)
+    model.fail_after, model.calls = 0, 0
+    pd_testing.assert_frame_equal(dfm.run_shortcut_test(run, images, labels, dfms, **kw), direct)  # from the CSV
+    sweep = dfm.threshold_sweep(run, images, labels, {0.3: dfms}, **kw)
+    assert list(sweep.columns[:2]) == ["top", "class"] and (sweep["top"] == 0.3).all()
+    assert model.calls == 0
+    with pytest.raises(RuntimeError, match="simulated"):  # another seed is another key: computed anew
+        dfm.run_shortcut_test(run, images, labels, dfms, **{**kw, "seed": 2})
+
+
+def test_rank_score_split_is_disjoint_balanced_and_checked():
+    labels = torch.arange(60) % 3
+    rank, score = dfm.rank_score_split(labels, 7, 12, seed=0)
+    assert not set(rank.tolist()) & set(score.tolist())
+    assert torch.bincount(labels[rank]).tolist() == [3, 2, 2] and torch.bincount(labels[score]).tolist() == [4, 4, 4]
+    assert not torch.equal(rank, dfm.rank_score_split(labels, 7, 12, seed=1)[0])
+    dfm.rank_score_split(labels, 30, 30)  # exactly every image
+    with pytest.raises(ValueError, match="class 0 has 20 images, fewer than the 21"):
+        dfm.rank_score_split(labels, 30, 31)
+
+
+def test_planted_overlap_counts_and_chance_levels():
+    gen = torch.Generator().manual_seed(6)
+    d = torch.rand(4, 8, 8, generator=gen) > 0.7
+    t = torch.rand(4, 8, 8, generator=gen) > 0.6
+    t[1] = d[1]  # a DFM equal to its target
+    t[2] = False  # no target: NaN recall
+    table = dfm.planted_overlap(d, t, ["a", "b", "c", "d"])
+    assert table["hits"].tolist() == (d & t).flatten(1).sum(1).double().tolist()
+    assert table.loc["b", "recall"] == 1.0 and table.loc["b", "precision"] == 1.0 and table.loc["b", "iou"] == 1.0
+    assert np.isnan(table.loc["c", "recall"]) and table.loc["c", "precision"] == 0.0
+    assert np.allclose(table["recall_chance"], d.flatten(1).double().mean(1).numpy())
+    assert np.allclose(table["precision_chance"], t.flatten(1).double().mean(1).numpy())
+    assert np.allclose(table["iou"].drop("c"), dfm.iou(d, t).numpy()[[0, 1, 3]])
+    # a random mask's precision averages to the chance level
+    random = torch.rand(2000, 8, 8, generator=gen) > 0.5
+    tt = t[0].expand(2000, 8, 8)
+    assert abs(dfm.planted_overlap(random, tt)["precision"].mean() - table.loc["a", "precision_chance"]) < 0.01
+
+
+def test_planted_targets_follow_the_synthetic_design():
+    from fslib import synthetic
+    from fslib.spectral import band_mask
+
+    t = dfm.planted_targets("syn_b2")
+    assert t.shape == (4, 32, 32)
+    diag = torch.eye(32, dtype=torch.bool)
+    diag[16, 16] = False
+    assert torch.equal(t[0], diag)
+    assert int(t[2].sum()) == 8 and torch.equal(t[2], conjugate_mirror(t[2]))
+    band = band_mask(32, 32, 2)
+    assert torch.equal(t[3], band) and not (t[1] & t[3]).any()
+    assert torch.equal(t[1] | t[3] | torch.nn.functional.one_hot(torch.tensor(16 * 32 + 16), 1024).bool().reshape(32, 32),
+                       torch.ones(32, 32, dtype=torch.bool))
+    assert sorted(zip(*t[2].nonzero().T.tolist())) == synthetic.special_frequencies("syn_b2")[2]
+
+
+def test_dfm_profile_band_shares_radius_axes_and_reference():
+    from fslib.spectral import band_masks
+
+    b = band_masks(16, 16)
+    axis = torch.zeros(16, 16, dtype=torch.bool)
+    axis[8, 9] = axis[8, 7] = True
+    d = torch.stack([b[0], b[3], axis])
+    table = dfm.dfm_profile(d, ["low", "high", "axis"])
+    assert table.loc["low", "B1"] == 1.0 and table.loc["high", "B4"] == 1.0
+    assert np.allclose(table[["B1", "B2", "B3", "B4"]].sum(axis=1), 1.0)
+    assert table.loc["axis", "axes"] == 1.0 and table.loc["axis", "mean_radius"] == 1.0
+    assert bool(table.loc["low", "dc"]) and not bool(table.loc["high", "dc"])
+    assert table.loc["high", "mean_radius"] > table.loc["low", "max_radius"]
+    ref = table.loc["all positions"]
+    assert ref["n_freq"] == 256 and np.allclose(ref[["B1", "B2", "B3", "B4"]].to_numpy(float),
+                                                 b.flatten(1).double().mean(1).numpy())
+
+
+def test_example_filtered_with_a_full_mask_returns_the_images():
+    model = TinyNet()
+    run = FakeRun("runs/tiny", model)
+    images, labels = uint8_data(8, 8, n=12)
+    full = torch.ones(3, 8, 8, dtype=torch.bool)
+    out = dfm.example_filtered(run, images, labels, full, [2, 0], class_names=["a", "b", "c"])
+    assert out["images"].shape == (2, 3, 8, 8) and out["dfms"].shape == (2, 8, 8)
+    assert torch.allclose(out["filtered"], out["images"], atol=1e-5)  # all kept: the image itself
+    with torch.no_grad():
+        pred = model.eval()(run.normalize((out["images"] * 255).round().to(torch.uint8))).argmax(1)
+    assert out["titles"] == [f"{n}\n-> {'abc'[int(p)]}" for n, p in zip("ca", pred)]
+    with pytest.raises(ValueError, match="no image of class 5"):
+        dfm.example_filtered(run, images, labels, torch.ones(6, 8, 8, dtype=torch.bool), [5])
+
+
+def test_dfm_grid_targets_and_tpr_vs_threshold_plot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from fslib.plot import dfm_grid, tpr_vs_threshold
+    from fslib.plot.dfm import TARGET_COLOURS
+
+    d = torch.zeros(1, 4, 4, dtype=torch.bool)
+    t = torch.zeros(1, 4, 4, dtype=torch.bool)
+    d[0, 0, :2] = True
+    t[0, 0, 1:3] = True
+    fig, axes = dfm_grid(d, targets=t)
+    rgb = axes[0, 0].images[0].get_array()
+    assert tuple(rgb[0, 0]) == (1.0, 1.0, 1.0) and tuple(rgb[0, 1]) == TARGET_COLOURS["DFM and target"]
+    assert tuple(rgb[0, 2]) == TARGET_COLOURS["target only"] and tuple(rgb[1, 1]) == (0.0, 0.0, 0.0)
+    table = pd.DataFrame({"top": [0.01, 0.01, 0.05, 0.05], "class": [0, 1, 0, 1], "tpr": [0.1, 0.2, 0.5, 0.7],
+                          "fpr": [0.0, 0.1, 0.1, 0.2], "null_tpr_p95": [0.05, 0.1, 0.2, 0.3]})
+    fig2, ax = tpr_vs_threshold(table, class_names=["x", "y"])
+    lines = {l.get_label(): l for l in ax.get_lines()}
+    assert np.allclose(lines["mean TPR"].get_ydata(), [0.15, 0.6]) and list(lines["x"].get_xdata()) == [1.0, 5.0]
+    for f in (fig, fig2):
+        plt.close(f)
+
+
+def test_shortcut_analysis_ranks_and_scores_on_disjoint_images(cache, tmp_path):
+    model = TinyNet()
+    run = FakeRun(tmp_path / "runs" / "tiny-cifar10-0123", model)
+    images, labels = uint8_data(8, 8, n=30)
+    a = dfm.shortcut_analysis(run, images, labels, n_rank=9, n_score=12, top=0.1, thresholds=(0.2,), n_null=3,
+                              n_boot=20, seed=0, device="cpu", progress=False)
+    rank, score = dfm.rank_score_split(labels, 9, 12, 0)
+    assert torch.equal(a.rank, rank) and torch.equal(a.score, score)
+    assert set(a.saved.dfms) == {0.2, 0.1} and torch.equal(a.dfms, a.saved.dfms[0.1])
+    loss = dfm.ablation_loss(model, run.normalize(images[rank]), labels[rank], 3, device="cpu", progress=False)
+    assert torch.allclose(a.saved.loss_maps, loss, atol=1e-6)
+    direct = dfm.evaluate_dfms(model, run.normalize(images[score]), labels[score], a.dfms, n_null=3, n_boot=20,
+                               seed=0, device="cpu", progress=False)
+    assert np.allclose(a.table["tpr"], direct["tpr"]) and np.allclose(a.table["fpr"], direct["fpr"])
+
+
+def test_tpr_fpr_bars_draws_one_panel_per_table():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from fslib.plot import tpr_fpr_bars
+
+    t = pd.DataFrame({"class": [0, 1], "tpr": [0.5, 0.9], "tpr_lo": [0.4, 0.8], "tpr_hi": [0.6, 1.0], "fpr": [0.1, 0.2],
+                      "fpr_lo": [0.0, 0.1], "fpr_hi": [0.2, 0.3], "null_tpr_p95": [0.3, 0.95], "shortcut": [True, False]})
+    fig, axes = tpr_fpr_bars({"a": t, "b": t.iloc[:1]})
+    assert len(axes) == 2 and [a.get_title() for a in axes] == ["a", "b"]
+    assert len(axes[0].patches) == 4 and len(axes[1].patches) == 2
+    assert [h.get_height() for h in axes[0].patches[:2]] == [0.5, 0.9]
+    plt.close(fig)
+
+
+@pytest.mark.parametrize("rows,verdict,strong", [
+    ([(0.9, 0.05, True), (0.7, 0.3, True)], "holds", [True, False]),
+    ([(0.5, 0.05, True), (0.9, 0.0, False)], "partly", [False, False]),
+    ([(0.95, 0.0, False), (0.1, 0.0, False)], "does not hold", [False, False]),
+    ([(0.6, 0.1, True)], "holds", [True]),  # both bounds inclusive
+])
+def test_shortcut_verdict_rules(rows, verdict, strong):
+    import pandas as pd
+
+    t = pd.DataFrame(rows, columns=["tpr", "fpr", "shortcut"])
+    got, flags = dfm.shortcut_verdict(t)
+    assert got == verdict and flags.tolist() == strong
+    assert dfm.shortcut_verdict(t, max_fpr=1.0)[1].tolist() == [r[2] and r[0] >= 0.6 for r in rows]
+
+
+def test_loss_map_grid_symlog_keeps_the_data_and_one_scale():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import SymLogNorm
+
+    from fslib.plot import loss_map_grid
+
+    maps = torch.rand(2, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    maps[0, 4, 4] = 100.0  # one dominant frequency
+    fig, axes = loss_map_grid(maps, baseline=torch.tensor([0.5, 0.5]), symlog=True)
+    norms = [a.images[0].norm for a in axes[0]]
+    assert all(isinstance(n, SymLogNorm) for n in norms) and norms[0].vmax == norms[1].vmax == 99.5
+    assert np.allclose(axes[0, 1].images[0].get_array(), maps[1].numpy() - 0.5)
+    plt.close(fig)
+
+
+def test_eval_block_restores_layout_hooks_and_mode():
+    model = TinyNet().double().train()
+    images, labels = data(8, 8, n=9)
+    out = dfm.ablation_loss(model, images, labels, 3, device="cpu", progress=False)
+    assert model.training and model.conv1.weight.is_contiguous() and not model._forward_pre_hooks
+    assert (out - slow_ablation(model, images, labels, 3, 1)).abs().max() < 1e-10
+    # a model already in channels-last keeps it, and gives the same maps
+    cl = TinyNet().double().to(memory_format=torch.channels_last)
+    again = dfm.ablation_loss(cl, images, labels, 3, device="cpu", progress=False)
+    assert cl.conv1.weight.is_contiguous(memory_format=torch.channels_last) and not cl.conv1.weight.is_contiguous()
+    assert (again - out).abs().max() < 1e-10
+
+
+def test_rank_set_does_not_depend_on_the_scoring_size():
+    labels = torch.arange(300) % 10
+    assert torch.equal(dfm.rank_score_split(labels, 50, 20, 3)[0], dfm.rank_score_split(labels, 50, 200, 3)[0])

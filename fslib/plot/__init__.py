@@ -9,3 +9,5 @@ from fslib.plot.adcs import *  # noqa: F401,F403
 from fslib.plot.ood import *  # noqa: F401,F403
 from fslib.plot.ablation import *  # noqa: F401,F403
 from fslib.plot.synthetic import *  # noqa: F401,F403
+from fslib.plot.dfm import *  # noqa: F401,F403
+from fslib.plot.dynamics import *  # noqa: F401,F403

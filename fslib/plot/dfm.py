@@ -5,6 +5,8 @@
 * :func:`loss_map_grid`: the ablation loss maps behind the DFMs.
 * :func:`dfm_examples`: images next to their DFM and the DFM-filtered image (Fig. 1 style).
 * :func:`tpr_fpr_bars`: TPR and FPR per class with intervals, the null and the paper rule.
+* :func:`tpr_vs_threshold`: TPR per class, mean TPR, mean FPR and mean null against the
+  share of frequencies kept (the paper's 1, 5, 10, 20 %).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 
 from fslib.plot.common import new_axes
 
-__all__ = ["dfm_grid", "loss_map_grid", "dfm_examples", "tpr_fpr_bars"]
+__all__ = ["dfm_grid", "loss_map_grid", "dfm_examples", "tpr_fpr_bars", "tpr_vs_threshold"]
 
 
 def _np(x) -> np.ndarray:
@@ -41,7 +43,20 @@ def _rows(data) -> tuple[list[str], list[np.ndarray]]:
     return [""], [_np(data)]
 
 
-def dfm_grid(data, ax=None, class_names: Sequence[str] | None = None):
+TARGET_COLOURS = {"target only": (0.55, 0.08, 0.08), "DFM and target": (1.0, 0.78, 0.0)}
+
+
+def _with_targets(dfm: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """RGB (H, W, 3): DFM only white, target only dark red, both gold, neither black."""
+    d, t = dfm.astype(bool), target.astype(bool)
+    rgb = np.zeros(d.shape + (3,))
+    rgb[d & ~t] = 1.0
+    rgb[t & ~d] = TARGET_COLOURS["target only"]
+    rgb[d & t] = TARGET_COLOURS["DFM and target"]
+    return rgb
+
+
+def dfm_grid(data, ax=None, class_names: Sequence[str] | None = None, targets=None):
     """Binary DFMs, one panel per class: black background, white kept frequencies.
 
     Parameters
@@ -50,19 +65,28 @@ def dfm_grid(data, ax=None, class_names: Sequence[str] | None = None):
         Centred layout (DC in the middle), as returned by ``dominant_frequency_maps``.
     ax : None or a sequence of at least ``rows * C`` axes
     class_names : column titles (default: class indices)
+    targets : None, or bool arrays of the same structure as ``data`` (positions a class was
+        built to use, or where its ADCS is highest); then target-only positions are dark
+        red and positions in both the DFM and the target gold (:data:`TARGET_COLOURS`).
 
     Returns
     -------
     (Figure, ndarray of Axes, shape (rows, C))
     """
     labels, maps = _rows(data)
+    target_maps = _rows(targets)[1] if targets is not None else [None] * len(maps)
+    if len(target_maps) != len(maps):
+        raise ValueError(f"targets has {len(target_maps)} rows, data {len(maps)}")
     n_cls = maps[0].shape[0]
     fig, axes = _axes_grid(ax, len(maps), n_cls)
     names = list(class_names) if class_names is not None else [str(i) for i in range(n_cls)]
-    for i, (label, m) in enumerate(zip(labels, maps)):
+    for i, (label, m, tm) in enumerate(zip(labels, maps, target_maps)):
         for k in range(n_cls):
             a = axes[i, k]
-            a.imshow(m[k].astype(float), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            if tm is None:
+                a.imshow(m[k].astype(float), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            else:
+                a.imshow(_with_targets(m[k], tm[k]), interpolation="nearest")
             a.set_xticks([])
             a.set_yticks([])
             if i == 0:
@@ -72,7 +96,7 @@ def dfm_grid(data, ax=None, class_names: Sequence[str] | None = None):
     return fig, axes
 
 
-def loss_map_grid(data, ax=None, class_names: Sequence[str] | None = None, baseline=None):
+def loss_map_grid(data, ax=None, class_names: Sequence[str] | None = None, baseline=None, symlog: bool = False):
     """Ablation loss maps, one panel per class (brighter = removing it hurts more).
 
     Parameters
@@ -82,6 +106,9 @@ def loss_map_grid(data, ax=None, class_names: Sequence[str] | None = None, basel
     class_names : panel titles
     baseline : array (C,) or None
         Unablated class losses (``class_losses``); when given the maps show the increase.
+    symlog : bool
+        Symmetric-log colour scale (linear within 1 % of the largest magnitude): the few
+        lowest frequencies dominate a linear scale and hide the rest of the map.
 
     Returns
     -------
@@ -94,9 +121,16 @@ def loss_map_grid(data, ax=None, class_names: Sequence[str] | None = None, basel
     fig, axes = _axes_grid(ax, 1, n_cls)
     names = list(class_names) if class_names is not None else [str(i) for i in range(n_cls)]
     vmin, vmax = float(np.nanmin(maps)), float(np.nanmax(maps))  # one colour scale for all
+    if symlog:
+        from matplotlib.colors import SymLogNorm
+
+        top = max(abs(vmin), abs(vmax)) or 1.0
+        scale = dict(norm=SymLogNorm(linthresh=0.01 * top, vmin=vmin, vmax=vmax))
+    else:
+        scale = dict(vmin=vmin, vmax=vmax)
     for k in range(n_cls):
         a = axes[0, k]
-        im = a.imshow(maps[k], cmap="magma", vmin=vmin, vmax=vmax, interpolation="nearest")
+        im = a.imshow(maps[k], cmap="magma", interpolation="nearest", **scale)
         a.set_title(names[k], fontsize=8)
         a.set_xticks([])
         a.set_yticks([])
@@ -157,15 +191,34 @@ def tpr_fpr_bars(table, ax=None, class_names: Sequence[str] | None = None, paper
     Parameters
     ----------
     table : DataFrame from ``evaluate_dfms`` (columns class, tpr, tpr_lo, tpr_hi, fpr,
-        fpr_lo, fpr_hi, null_tpr_p95, shortcut)
-    ax : matplotlib axes or None
+        fpr_lo, fpr_hi, null_tpr_p95, shortcut), or a mapping ``{panel title: DataFrame}``
+        drawn as side-by-side panels sharing the y axis
+    ax : matplotlib axes (a sequence of one per table for a mapping) or None
     class_names : tick labels (default: the class column)
     paper_tpr : dashed line of the paper-style rule
 
     Returns
     -------
-    (Figure, Axes)
+    (Figure, Axes), or (Figure, ndarray of Axes) for a mapping
     """
+    if isinstance(table, Mapping):
+        n = len(table)
+        if ax is None:
+            fig, axes = plt.subplots(1, n, figsize=(3.3 * n, 3.3), sharey=True, squeeze=False)
+            axes = axes[0]
+        else:
+            axes = np.asarray(ax, dtype=object).reshape(-1)[:n]
+            fig = axes[0].figure
+        for a, (title, t) in zip(axes, table.items()):
+            tpr_fpr_bars(t, ax=a, class_names=class_names, paper_tpr=paper_tpr)
+            a.set_title(str(title), fontsize=9)
+            a.get_legend().remove()
+        for a in axes[1:]:
+            a.set_ylabel("")
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, fontsize=7, ncol=4, loc="upper center", frameon=False)
+        fig.tight_layout(rect=(0, 0, 1, 0.9))
+        return fig, axes
     fig, ax = new_axes(ax, figsize=(max(4.0, 0.6 * len(table) + 1.5), 3))
     x = np.arange(len(table))
     wdt = 0.38
@@ -185,4 +238,45 @@ def tpr_fpr_bars(table, ax=None, class_names: Sequence[str] | None = None, paper
     ax.set_ylim(0, 1.1)
     ax.set_ylabel("rate on DFM-filtered images")
     ax.legend(fontsize=7, ncol=4, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    return fig, ax
+
+
+def tpr_vs_threshold(table, ax=None, class_names: Sequence[str] | None = None, paper_tpr: float = 0.6):
+    """TPR of every class against the DFM threshold, with the class mean, the mean FPR and
+    the mean null TPR (95th percentile of random same-profile masks).
+
+    Parameters
+    ----------
+    table : DataFrame from ``fslib.dfm.threshold_sweep`` (columns top, class, tpr, fpr,
+        null_tpr_p95)
+    ax : matplotlib axes or None
+    class_names : legend labels of the classes (default: the class column)
+    paper_tpr : dashed line of the paper-style rule
+
+    Returns
+    -------
+    (Figure, Axes)
+    """
+    fig, ax = new_axes(ax, figsize=(5, 3.2))
+    tops = np.sort(table["top"].unique())
+    x = 100 * tops
+    classes = list(dict.fromkeys(table["class"]))
+    names = list(class_names) if class_names is not None else [str(c) for c in classes]
+    cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+    for i, c in enumerate(classes):
+        rows = table[table["class"] == c].set_index("top").loc[tops]
+        ax.plot(x, rows["tpr"], color=cmap(i % cmap.N), lw=1, alpha=0.6, marker=".", label=names[i])
+    mean = table.groupby("top")[["tpr", "fpr", "null_tpr_p95"]].mean().loc[tops]
+    ax.plot(x, mean["tpr"], color="black", lw=2.2, marker="o", label="mean TPR")
+    ax.plot(x, mean["fpr"], color="black", lw=1.5, ls=":", marker="s", label="mean FPR")
+    if mean["null_tpr_p95"].notna().any():
+        ax.plot(x, mean["null_tpr_p95"], color="gray", lw=1.5, ls="-.", label="mean null TPR (95th pct.)")
+    ax.axhline(paper_tpr, color="gray", ls="--", lw=1)
+    ax.set_xscale("log")
+    ax.set_xticks(x, [f"{v:g}" for v in x])
+    ax.minorticks_off()
+    ax.set_xlabel("frequencies kept (% of positions)")
+    ax.set_ylabel("rate on DFM-filtered images")
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=6, ncol=2, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     return fig, ax
