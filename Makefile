@@ -16,7 +16,6 @@ SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 
 export PYTHONHASHSEED := 0
-export MPLBACKEND := Agg
 
 .PHONY: install book test unit smoke html-check benchmarks clean clean-cache
 

@@ -239,10 +239,33 @@ def run_settings_markdown(plan: Plan, profile: str, device: str, seconds: float,
     )
 
 
+_NUMPY_SCALAR = re.compile(r"^np\.(?:float|int|uint|bool_?)\d*\((.*)\)$|^np\.(True|False)_$")
+
+
+def plain_scalar_text(text: str) -> str:
+    """``"np.float64(0.5)"`` -> ``"0.5"``: numpy >= 2 reprs that myst-nb's glue cannot format.
+
+    >>> plain_scalar_text("np.float64(0.25)"), plain_scalar_text("np.True_"), plain_scalar_text("'a'")
+    ('0.25', 'True', "'a'")
+    """
+    m = _NUMPY_SCALAR.match(text.strip())
+    return (m.group(1) or m.group(2)) if m else text
+
+
+def _plain_scalars(nb) -> None:
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            for key in data:  # glue stores "application/papermill.record/text/plain"
+                if key.endswith("text/plain") and isinstance(data[key], str):
+                    data[key] = plain_scalar_text(data[key])
+
+
 def _finalise(nb_path: Path, plan: Plan, profile: str, device: str, seconds: float, key: str) -> None:
     import nbformat
 
     nb = nbformat.read(nb_path, as_version=4)
+    _plain_scalars(nb)  # glued numpy scalars would otherwise fail {glue:text} formatting
     when = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     insert_at = 0
     for i, cell in enumerate(nb.cells):
@@ -291,6 +314,9 @@ def run_chapters(plans: list[Plan], profile: str, *, force: bool = False, log=pr
 
     out_dir = paths.executed_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
+    # the kernel inherits this process's environment: a non-interactive MPLBACKEND (e.g. Agg)
+    # would silently drop every figure from the executed notebooks
+    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
     records = []
     for plan in plans:
         chapter = plan.chapter

@@ -161,3 +161,10 @@ def test_paths_respect_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("FSLIB_CACHE", str(tmp_path / "c"))
     assert paths.data_root() == tmp_path / "d"
     assert paths.cache_dir("x") == tmp_path / "c" / "x" and (tmp_path / "c" / "x").is_dir()
+
+
+def test_glued_numpy_scalars_become_plain_text():
+    assert book.plain_scalar_text("np.float64(0.14295954025416602)") == "0.14295954025416602"
+    assert book.plain_scalar_text("np.int64(3)") == "3"
+    assert book.plain_scalar_text("np.False_") == "False"
+    assert book.plain_scalar_text("array([1, 2])") == "array([1, 2])"
