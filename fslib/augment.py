@@ -19,9 +19,12 @@ the official code inserted AutoAugment/AugMix after RandomResizedCrop. torchvisi
 transforms draw one random operation per call and apply it to the whole batch; to keep the
 per-image randomness of the paper's pipeline they are called on chunks of ``chunk`` images
 (1 = per image, the default). The cost of that Python loop is measured in
-``benchmarks/train_throughput.py``. They draw from torch's global generator, so each batch
-runs inside ``torch.random.fork_rng`` seeded from the explicit generator: results depend
-only on that generator and the global RNG state is left untouched.
+``benchmarks/train_throughput.py``: per image, AutoAugment adds about 0.3 ms and AugMix
+about 1.7 ms of CPU time per 32x32 image (about 10 % and 35 % of a ResNet18-x0.25 training
+step); ``chunk=8`` cuts AugMix to about 0.4 ms. The v2 transforms draw from torch's
+global generator, so each batch runs inside ``torch.random.fork_rng`` seeded from the
+explicit generator: results depend only on that generator and the global RNG state is
+left untouched.
 """
 
 from __future__ import annotations

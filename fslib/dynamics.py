@@ -119,6 +119,7 @@ def learned_at(
     threshold: float = 0.9,
     *,
     tolerance: float | None = 0.1,
+    hold: int | None = None,
     max_fpr: float | None = 0.1,
     set: str = "test",
     until: int | None = None,
@@ -127,7 +128,8 @@ def learned_at(
 
     A class is learned at the first recorded iteration ``t <= until`` at which its accuracy
     on ``set`` is ``>= threshold`` and its false-positive rate ``<= max_fpr``, and after
-    which its accuracy never falls below ``threshold - tolerance`` (up to ``until``).
+    which its accuracy stays ``>= threshold - tolerance`` at every record in
+    ``[t, t + hold]`` (``hold=None``: up to ``until``, the end of the window).
     ``tolerance=None`` drops the persistence condition, ``max_fpr=None`` the FPR one.
 
     Parameters
@@ -136,6 +138,7 @@ def learned_at(
         dataset and seed (one curve per dataset, seed and class)
     threshold : accuracy in [0, 1]
     tolerance : accuracy points the class may lose after being learned
+    hold : iterations the class must keep ``threshold - tolerance`` (None: the whole window)
     max_fpr : largest share of other-class images predicted as the class
     set : tracking set, e.g. ``"test"`` or ``"bandpass:3"``
     until : last iteration of the window (None: all records)
@@ -145,33 +148,41 @@ def learned_at(
     DataFrame with columns [dataset, seed,] class, iteration (float, NaN if never learned
     within the window), one row per curve.
 
-    >>> t = pd.DataFrame({"iteration": [0, 5, 10, 15], "set": "test", "class": 0,
-    ...                   "accuracy": [0.2, 0.95, 0.5, 0.95], "fpr": 0.0})
+    >>> t = pd.DataFrame({"iteration": [0, 5, 10, 15, 20], "set": "test", "class": 0,
+    ...                   "accuracy": [0.2, 0.95, 0.5, 0.95, 0.9], "fpr": 0.0})
     >>> learned_at(t, 0.9)["iteration"].tolist()  # the spike at 5 does not last
     [15.0]
+    >>> learned_at(t, 0.9, tolerance=None)["iteration"].tolist()
+    [5.0]
     """
     if not 0 <= threshold <= 1:
         raise ValueError(f"threshold must lie in [0, 1], got {threshold!r}")
     if tolerance is not None and tolerance < 0:
         raise ValueError(f"tolerance must be >= 0 or None, got {tolerance!r}")
+    if hold is not None and hold < 0:
+        raise ValueError(f"hold must be >= 0 iterations or None, got {hold!r}")
     df = tracking[tracking["set"] == set]
     if df.empty:
         raise ValueError(f"no tracking rows for set {set!r}; sets present: {sorted(tracking['set'].unique())}")
     if until is not None:
         df = df[df["iteration"] <= until]
     keys = _keys(df) + ["class"]
-    df = df.sort_values(keys + ["iteration"])
-    ok = df["accuracy"] >= threshold
-    if max_fpr is not None:
-        ok &= df["fpr"] <= max_fpr
-    if tolerance is not None:
-        holds = (df["accuracy"] >= threshold - tolerance).astype(int)
-        # holds from this record to the end of the window: reverse cumulative minimum per curve
-        ok &= holds.iloc[::-1].groupby([df[k].iloc[::-1] for k in keys]).cummin().iloc[::-1].astype(bool)
-    curves = df[keys].drop_duplicates()
-    first = df[ok].groupby(keys, as_index=False)["iteration"].min()
-    out = curves.merge(first, on=keys, how="left")
-    return out.astype({"iteration": float}).reset_index(drop=True)
+    rows = []
+    for key, g in df.sort_values(keys + ["iteration"]).groupby(keys, sort=True):
+        it = g["iteration"].to_numpy(dtype=float)
+        acc = g["accuracy"].to_numpy(dtype=float)
+        ok = acc >= threshold
+        if max_fpr is not None:
+            ok &= g["fpr"].to_numpy(dtype=float) <= max_fpr
+        if tolerance is not None:
+            # later[i, j]: record j lies in [it_i, it_i + hold]; the lowest accuracy there must hold
+            later = it[None, :] >= it[:, None]
+            if hold is not None:
+                later &= it[None, :] <= it[:, None] + hold
+            ok &= np.where(later, acc[None, :], np.inf).min(axis=1) >= threshold - tolerance
+        hit = np.flatnonzero(ok)
+        rows.append((*(key if isinstance(key, tuple) else (key,)), it[hit[0]] if hit.size else np.nan))
+    return pd.DataFrame(rows, columns=keys + ["iteration"]).astype({"iteration": float})
 
 
 def rank_orders(first: pd.DataFrame, class_names: Sequence[str] | None = None) -> pd.DataFrame:

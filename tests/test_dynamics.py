@@ -30,7 +30,7 @@ def random_tracking(seed, n_seeds=3, n_classes=4, n_points=12):
     return pd.concat(frames, ignore_index=True)
 
 
-def brute_force(tracking, threshold, tolerance, max_fpr):
+def brute_force(tracking, threshold, tolerance, max_fpr, hold=None):
     """Direct transcription of the definition, one curve at a time."""
     out = {}
     for (d, s, c), g in tracking.groupby(["dataset", "seed", "class"]):
@@ -40,7 +40,8 @@ def brute_force(tracking, threshold, tolerance, max_fpr):
         for t in range(len(acc)):
             ok = acc[t] >= threshold and (max_fpr is None or fpr[t] <= max_fpr)
             if tolerance is not None:
-                ok = ok and all(acc[u] >= threshold - tolerance for u in range(t, len(acc)))
+                ok = ok and all(acc[u] >= threshold - tolerance for u in range(t, len(acc))
+                                if hold is None or it[u] <= it[t] + hold)
             if ok:
                 hit = float(it[t])
                 break
@@ -48,12 +49,13 @@ def brute_force(tracking, threshold, tolerance, max_fpr):
     return out
 
 
-@pytest.mark.parametrize("seed", range(5))
-@pytest.mark.parametrize("tolerance,max_fpr", [(0.1, 0.1), (0.0, None), (None, 0.1), (0.3, 0.05)])
-def test_learned_at_matches_the_definition_on_random_curves(seed, tolerance, max_fpr):
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("tolerance,max_fpr,hold", [(0.1, 0.1, None), (0.0, None, None), (None, 0.1, None),
+                                                    (0.3, 0.05, None), (0.1, 0.1, 10), (0.2, None, 0), (0.1, 0.1, 12)])
+def test_learned_at_matches_the_definition_on_random_curves(seed, tolerance, max_fpr, hold):
     tracking = random_tracking(seed)
-    got = dynamics.learned_at(tracking, 0.7, tolerance=tolerance, max_fpr=max_fpr)
-    want = brute_force(tracking, 0.7, tolerance, max_fpr)
+    got = dynamics.learned_at(tracking, 0.7, tolerance=tolerance, max_fpr=max_fpr, hold=hold)
+    want = brute_force(tracking, 0.7, tolerance, max_fpr, hold)
     assert len(got) == len(want)
     for row in got.itertuples():
         w = want[(row.dataset, row.seed, getattr(row, "_3"))]
@@ -93,6 +95,15 @@ def test_learned_at_rejects_bad_input():
         dynamics.learned_at(t, 1.5)
     with pytest.raises(ValueError, match="tolerance"):
         dynamics.learned_at(t, tolerance=-0.1)
+    with pytest.raises(ValueError, match="hold"):
+        dynamics.learned_at(t, hold=-5)
+
+
+def test_a_longer_hold_never_learns_earlier():
+    tracking = random_tracking(7)
+    times = [dynamics.learned_at(tracking, 0.6, hold=h)["iteration"].fillna(np.inf).to_numpy() for h in (0, 10, 25, None)]
+    assert all((b >= a).all() for a, b in zip(times, times[1:]))
+    assert not all((b == a).all() for a, b in zip(times, times[1:]))  # the hold matters on these curves
 
 
 @pytest.mark.parametrize("seed", range(3))
