@@ -40,6 +40,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6, help="timed steps per model (after 2 warm-up steps)")
     parser.add_argument("--batch-size", type=int, default=64, help="paper: 64")
     parser.add_argument("--channels-last", action="store_true", help="NHWC layout (TrainConfig.channels_last)")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="bf16: forward/loss under torch.autocast(bfloat16) (TrainConfig.precision)")
     parser.add_argument("--pipelines", nargs="+", default=["official", "flipcrop", "official+autoaugment",
                                                            "official+augmix", "official+augmix/8"],
                         help="kind[+extra[/chunk]]: chunk = images sharing one random op (default 1)")
@@ -59,7 +61,7 @@ def main() -> None:
     labels = torch.randint(0, 10, (4096,), generator=gen)
     bs = args.batch_size
     layout_name = "channels_last" if args.channels_last else "contiguous"
-    print(f"torch {torch.__version__}, {args.threads} thread(s), batch {bs}, 32x32, {layout_name}, {args.steps} timed steps")
+    print(f"torch {torch.__version__}, {args.threads} thread(s), batch {bs}, 32x32, {layout_name}, {args.precision}, {args.steps} timed steps")
 
     def batch(i):
         idx = torch.randperm(len(pool), generator=gen)[:bs]
@@ -95,7 +97,8 @@ def main() -> None:
         x_aug = augment(*batch(0), "official")
 
         def step(x, y):
-            loss = F.cross_entropy(model(aug.normalize(x, mean, std).contiguous(memory_format=layout)), y)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+                loss = F.cross_entropy(model(aug.normalize(x, mean, std).contiguous(memory_format=layout)), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

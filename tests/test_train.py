@@ -57,6 +57,7 @@ def test_lists_become_tuples_so_configs_compare_equal():
     (dict(lr=-1.0), "lr=-1.0"),
     (dict(scheduler="plateau", val_fraction=0.0), "val_fraction"),
     (dict(crop_scale=(0.9, 0.5)), "crop_scale"),
+    (dict(precision="fp16"), "fp32, bf16"),
 ])
 def test_bad_values_fail_naming_the_valid_ones(kw, match):
     with pytest.raises(ValueError, match=match):
@@ -288,6 +289,32 @@ def test_same_seed_gives_the_same_weights_and_history():
     assert a.history_frame().drop(columns=timing).equals(b.history_frame().drop(columns=timing))
     assert not torch.equal(a.model.classifier.weight, c.model.classifier.weight)
     assert not a.model.training and a.step == 2 * (86 // 16)
+
+
+def test_bf16_training_is_deterministic_and_really_runs_in_bf16():
+    def fit(precision):
+        cfg = train.TrainConfig(**{**TINY, "precision": precision, "channels_last": True,
+                                   "track_every": 4, "track_until": 8, "track_sets": ("test",)})
+        return train.Trainer(cfg, train.load_data(cfg, toy_loader), "cpu", progress=False).fit()
+
+    a, b, f = fit("bf16"), fit("bf16"), fit("fp32")
+    for (k, va), vb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        assert torch.equal(va, vb), k
+    assert a.recorder.frame().equals(b.recorder.frame())
+    wa, wf = a.model.classifier.weight, f.model.classifier.weight
+    assert wa.dtype == torch.float32  # autocast: the weights stay fp32
+    assert not torch.equal(wa, wf)    # ... but the steps ran in bf16 (closeness: the predict test below)
+
+
+def test_predict_in_bf16_is_close_to_fp32_and_rejects_unknown_precision():
+    torch.manual_seed(0)
+    model = train.models.build("resnet18", 4, width=0.0625)
+    x = torch.randn(8, 3, 16, 16)
+    lf, lb = train.predict(model, x, device="cpu"), train.predict(model, x, device="cpu", precision="bf16")
+    assert lb.dtype == torch.float32 and not torch.equal(lf, lb)
+    assert torch.allclose(lf, lb, atol=0.05 * lf.abs().max().item())
+    with pytest.raises(ValueError, match="fp32, bf16"):
+        train.predict(model, x, device="cpu", precision="half")
 
 
 def test_max_iters_stops_mid_epoch_and_hooks_see_every_step():

@@ -1,0 +1,54 @@
+"""The shared training recipes: valid configs at every scale, one baseline shared by the
+chapters, the paper scale equal to the paper's recipe, and the default scale's budget choices."""
+
+import pytest
+
+from fslib import recipes, train
+
+ARCHS = [("resnet18", "none"), ("resnet50", "none"), ("vgg16", "none"),
+         ("resnet18", "autoaugment"), ("resnet18", "augmix"), ("resnet18", "ampswap")]
+
+
+@pytest.mark.parametrize("scale", recipes.SCALES)
+def test_every_recipe_is_a_valid_config(scale):
+    for d in ("syn_b1", "syn_b4"):
+        assert recipes.synthetic(d, seed=2, scale=scale).seed == 2
+    for m, a in ARCHS:
+        cfg = recipes.cifar10(m, a, scale=scale)
+        assert (cfg.model, cfg.extra_augment, cfg.dataset) == (m, a, "cifar10")
+    assert recipes.imagenette(scale=scale).dataset == "imagenette"
+
+
+def test_the_baseline_is_one_config_for_every_chapter():
+    assert recipes.cifar10() == recipes.cifar10("resnet18", "none", seed=0, scale="default")
+    base = recipes.cifar10()
+    assert base.track_sets == ("test",) and base.track_until == 1200  # chapter 2's early dynamics
+    assert recipes.cifar10("resnet50").track_every == 0                # only the baseline tracks
+
+
+def test_paper_scale_keeps_the_papers_recipe():
+    paper = train.TrainConfig()
+    for cfg in [recipes.cifar10(m, a, scale="paper") for m, a in ARCHS] + [recipes.synthetic("syn_b2", scale="paper")]:
+        assert (cfg.lr, cfg.scheduler, cfg.batch_size, cfg.augment, cfg.precision, cfg.width) == \
+            (paper.lr, paper.scheduler, paper.batch_size, paper.augment, "fp32", 1.0)
+    assert recipes.cifar10("resnet18", "augmix", scale="paper").extra_augment_chunk == 1  # per image, as PIL
+
+
+def test_default_scale_budget_choices():
+    base = recipes.cifar10()
+    assert (base.precision, base.channels_last, base.epochs) == ("bf16", True, 8)
+    others = [recipes.cifar10(m, a) for m, a in ARCHS[1:]]
+    assert all(c.epochs == 6 and c.precision == "bf16" for c in others)
+    assert [c.extra_augment_chunk for c in others] == [1, 1, 1, 8, 1]  # only AugMix draws per 8 images
+    widths = {c.model: c.width for c in [base] + others}
+    assert widths == {"resnet18": 0.25, "resnet50": 0.125, "vgg16": 0.25}
+    syn = recipes.synthetic("syn_b3")
+    assert syn.max_iters == syn.track_until == 500  # the paper's window, no more
+
+
+def test_describe_lists_only_departures_and_unknown_scale_fails():
+    d = recipes.describe(recipes.cifar10())
+    assert d["precision"] == "bf16" and d["scheduler"] == "onecycle" and "momentum" not in d
+    assert recipes.describe(recipes.cifar10(scale="paper")) == {"track_every": 50, "track_until": 1200, "track_sets": ["test"]}
+    with pytest.raises(ValueError, match="smoke, default, paper"):
+        recipes.cifar10(scale="fast")
