@@ -65,6 +65,19 @@ def test_chapter_is_a_jupytext_notebook_with_parameters_then_one_import_cell(cha
     assert "## What we found" in text and "## Differences from the paper" in text
 
 
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=[c.stem for c in CHAPTERS])
+def test_papermill_reads_every_parameter(chapter, caplog):
+    """papermill's own parser (``papermill --help-notebook``) must see every parameter: a
+    comment it cannot parse (e.g. one holding ``=``) hides the line and logs a warning."""
+    from papermill.translators import PythonTranslator
+
+    cell = book._parameters_cell(book._read_notebook(chapter.path), chapter.path)
+    with caplog.at_level("WARNING", logger="papermill"):
+        seen = [p.name for p in PythonTranslator.inspect(cell)]
+    assert seen == list(book.chapter_parameters(chapter)), caplog.text
+    assert "Unable to parse" not in caplog.text
+
+
 def test_parameters_cell_must_hold_literals(tmp_path):
     bad = tmp_path / "01_bad.md"
     bad.write_text(
