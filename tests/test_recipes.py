@@ -40,7 +40,7 @@ def test_default_scale_budget_choices():
     others = [recipes.cifar10(m, a) for m, a in ARCHS[1:]]
     assert [c.epochs for c in others] == [8, 6, 6, 6, 6]  # ResNet50 needs 8 for 75 %
     assert all(c.precision == "bf16" for c in others)
-    assert [c.extra_augment_chunk for c in others] == [1, 1, 8, 8, 1]  # AutoAugment and AugMix draw per 8 images
+    assert [c.extra_augment_chunk for c in others] == [1, 1, 1, 8, 1]  # only AugMix draws per 8 images
     widths = {c.model: c.width for c in [base] + others}
     assert widths == {"resnet18": 0.25, "resnet50": 0.125, "vgg16": 0.25}
     syn = recipes.synthetic("syn_b3")
