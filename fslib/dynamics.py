@@ -35,7 +35,7 @@ import torch
 
 from fslib import recipes, runs
 from fslib.constants import normalization
-from fslib.train import TrackingRecorder, TrainConfig, confusion_matrix, relative_confusion, track_set
+from fslib.train import EVAL_BATCH, TrackingRecorder, TrainConfig, confusion_matrix, relative_confusion, track_set
 
 __all__ = [
     "BANDSTOP_PAIRS", "train_all", "tracking_table", "learned_at", "rank_orders", "learned_first_stats",
@@ -360,7 +360,7 @@ def bandstop_test(
     n: int | None = None,
     *,
     test=None,
-    batch_size: int = 512,
+    batch_size: int = EVAL_BATCH,
 ) -> dict[str, Any]:
     """Relative confusion matrices of a trained model for band-stop test sets.
 

@@ -44,7 +44,7 @@ from fslib.constants import normalization
 from fslib.device import resolve_device
 from fslib.io import atomic_torch_save, atomic_write_text, read_json, stable_hash, write_json
 from fslib.paths import cache_dir, repo_root
-from fslib.train import TrackingRecorder, Trainer, TrainConfig, evaluate, load_data, predict
+from fslib.train import EVAL_BATCH, TrackingRecorder, Trainer, TrainConfig, evaluate, load_data, predict
 
 __all__ = ["Run", "CheckpointWarning", "run_hash", "run_path", "get_or_train", "load_finished", "environment"]
 
@@ -86,7 +86,7 @@ class Run:
         mean, std = normalization(self.config.dataset)
         return aug.normalize(images, mean, std)
 
-    def predict(self, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    def predict(self, images: torch.Tensor, batch_size: int = EVAL_BATCH) -> torch.Tensor:
         """Logits ``(N, num_classes)`` float32 on the CPU.
 
         ``images`` ``(N, C, H, W)``: uint8 images are normalised for you (batch by batch);

@@ -51,6 +51,10 @@ __all__ = [
 
 SCHEDULERS = ("plateau", "onecycle", "cosine", "constant")
 PRECISIONS = ("fp32", "bf16")
+# Images per forward pass in evaluation. On a 2-core CPU a ResNet18 x0.25 in fp32 scores
+# 1,900-2,100 img/s at 128 against 1,200-1,400 at 512 (cache-sized activations); on a GPU
+# larger batches would be faster, and every function takes ``batch_size``.
+EVAL_BATCH = 128
 Hook = Callable[[int, nn.Module], None]
 """``hook(step, model)``: called before the first step (step 0) and after every optimiser step."""
 
@@ -234,7 +238,7 @@ def uses_channels_last(model: nn.Module) -> bool:
 def predict(
     model: nn.Module,
     images: torch.Tensor,
-    batch_size: int = 512,
+    batch_size: int = EVAL_BATCH,
     device: str | torch.device = "auto",
     *,
     mean: Sequence[float] | None = None,
@@ -302,7 +306,7 @@ def evaluate(
     images: torch.Tensor,
     labels: torch.Tensor,
     num_classes: int,
-    batch_size: int = 512,
+    batch_size: int = EVAL_BATCH,
     device: str | torch.device = "auto",
     *,
     mean: Sequence[float] | None = None,
@@ -428,7 +432,7 @@ class TrackingRecorder:
     num_classes : int
     every, until : int, record at steps 0, every, 2 * every, ... <= until
     mean, std : normalisation of the model input
-    device, batch_size : for the forward passes (128: on a CPU, ~1.5x faster than 512)
+    device, batch_size : for the forward passes (:data:`EVAL_BATCH`)
     precision : "fp32" or "bf16" (autocast), as the training steps of the run
 
     ``rows`` holds the table as columns (iteration, set, class, accuracy, fpr), saved in
@@ -439,7 +443,7 @@ class TrackingRecorder:
     COLUMNS = ("iteration", "set", "class", "accuracy", "fpr")
 
     def __init__(self, sets: dict[str, torch.Tensor], labels: torch.Tensor, num_classes: int, every: int, until: int,
-                 mean, std, device="auto", batch_size: int = 128, precision: str = "fp32") -> None:
+                 mean, std, device="auto", batch_size: int = EVAL_BATCH, precision: str = "fp32") -> None:
         self.sets, self.labels, self.num_classes = sets, labels, num_classes
         self.every, self.until, self.mean, self.std = every, until, mean, std
         self.device, self.batch_size, self.precision = device, batch_size, precision

@@ -23,7 +23,12 @@ def test_the_baseline_is_one_config_for_every_chapter():
     assert recipes.cifar10() == recipes.cifar10("resnet18", "none", seed=0, scale="default")
     base = recipes.cifar10()
     assert base.track_sets == ("test",) and base.track_until == 1200  # chapter 2's early dynamics
-    assert recipes.cifar10("resnet50").track_every == 0                # only the baseline tracks
+    for scale in recipes.SCALES:                                        # only the baseline tracks
+        assert recipes.cifar10(scale=scale).track_every > 0
+        for model, aug in ARCHS:
+            if (model, aug) != ("resnet18", "none"):
+                cfg = recipes.cifar10(model, aug, scale=scale)
+                assert (cfg.track_every, cfg.track_until, cfg.track_sets) == (0, 0, ()), (model, aug, scale)
 
 
 def test_paper_scale_keeps_the_papers_recipe():
