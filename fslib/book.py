@@ -337,14 +337,7 @@ def run_chapters(plans: list[Plan], profile: str, *, force: bool = False, log=pr
         work = out_dir / f".{chapter.stem}.running.ipynb"
         start = time.perf_counter()
         try:
-            papermill.execute_notebook(
-                jupytext.read(chapter.path),
-                str(work),
-                parameters=plan.parameters,
-                kernel_name="python3",
-                cwd=str(chapter.path.parent),
-                progress_bar=False,
-            )
+            _papermill(jupytext.read(chapter.path), work, plan.parameters, chapter.path.parent)
         except papermill.PapermillExecutionError as exc:
             if work.exists():
                 os.replace(work, partial)
@@ -364,6 +357,25 @@ def run_chapters(plans: list[Plan], profile: str, *, force: bool = False, log=pr
         log(f"[fslib] {chapter.stem}: done in {seconds:.0f} s")
         records.append({**meta, "chapter": chapter.stem, "cached": False})
     return records
+
+
+def _papermill(nb, out: Path, parameters: dict[str, Any], cwd: Path) -> None:
+    """Execute ``nb`` into ``out`` with papermill on a ``python3`` kernel.
+
+    On POSIX the kernel talks over IPC sockets in Jupyter's runtime directory instead of
+    unencrypted local TCP ports (ipykernel warns about those at every start); papermill then
+    does not own the kernel manager, so the kernel is shut down here.
+    """
+    import papermill
+    from jupyter_client.manager import KernelManager
+
+    km = KernelManager(kernel_name="python3", transport="ipc" if os.name == "posix" else "tcp")
+    try:
+        papermill.execute_notebook(nb, str(out), parameters=parameters, kernel_name="python3",
+                                   cwd=str(cwd), progress_bar=False, km=km)
+    finally:
+        if km.has_kernel:
+            km.shutdown_kernel(now=True)
 
 
 # --------------------------------------------------------------------------- build

@@ -7,6 +7,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+import nbformat
 import pytest
 import yaml
 
@@ -181,3 +182,28 @@ def test_glued_numpy_scalars_become_plain_text():
     assert book.plain_scalar_text("np.int64(3)") == "3"
     assert book.plain_scalar_text("np.False_") == "False"
     assert book.plain_scalar_text("array([1, 2])") == "array([1, 2])"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="zmq has no IPC transport on Windows")
+def test_papermill_runs_a_notebook_over_ipc_and_shuts_the_kernel_down(tmp_path, capfd, monkeypatch):
+    import jupytext
+    from jupyter_client.manager import KernelManager
+
+    managers = []
+    real_init = KernelManager.__init__
+
+    def spy(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        managers.append(self)
+
+    monkeypatch.setattr(KernelManager, "__init__", spy)
+    nb = jupytext.reads("```{code-cell} python\n:tags: [parameters]\nx = 1\n```\n\n"
+                        "```{code-cell} python\nprint(x * 2)\n```\n", fmt="md:myst")
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    out = tmp_path / "out.ipynb"
+    book._papermill(nb, out, {"x": 21}, tmp_path)
+    executed = nbformat.read(out, as_version=4)
+    assert executed.cells[-1].outputs[0]["text"] == "42\n"          # the injected parameter won
+    assert len(managers) == 1 and managers[0].transport == "ipc"
+    assert not managers[0].has_kernel                                 # not left running
+    assert "without encryption" not in capfd.readouterr().err
