@@ -42,8 +42,6 @@ CPU_FAST: dict[str, Any] = dict(precision="bf16", channels_last=True)
 _SYNTHETIC: dict[str, dict[str, Any]] = {
     "smoke": dict(model="resnet18", width=0.125, epochs=1, max_iters=40, n_train=1024, n_test=200,
                   track_every=10, track_until=40, **CPU_FAST),
-    # 4 x 141 = 564 iterations; tracking 11 sets of 200 test images every 10 iterations up to
-    # the paper's 500 costs about as much as the training itself
     # 500 iterations (3.6 epochs of 9,000 images) = the paper's window. Tracking 11 sets of 200
     # test images is the larger cost: every 10 iterations it took 70 % of a run's 1.4 minutes
     # (measured in the default book), so every 20
