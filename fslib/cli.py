@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from fslib import book, data
+
 USAGE_ERROR = 2
 
 
@@ -18,8 +20,10 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="execute chapters with papermill")
     run.add_argument("--profile", default="default", help="smoke | default | paper (default: %(default)s)")
-    run.add_argument("--chapter", action="append", default=[], metavar="N", help="chapter number or name; repeatable (default: all)")
-    run.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE", help="override a chapter parameter (YAML value)")
+    run.add_argument("--chapter", action="append", default=[], metavar="N",
+                     help="chapter number or name; repeatable (default: all)")
+    run.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE",
+                     help="override a chapter parameter (YAML value)")
     run.add_argument("--force", action="store_true", help="execute even when the cached notebook is up to date")
 
     build = sub.add_parser("build", help="build the HTML book from the executed notebooks")
@@ -41,8 +45,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from fslib import book
-
     try:
         if args.command == "run":
             overrides = book.parse_assignments(args.parameter)
@@ -68,8 +70,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _data(args) -> int:
-    from fslib import data
-
     if args.data_command == "list":
         print(data.format_status(data.status()))
         return 0

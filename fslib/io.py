@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+import torch
 
 
 @contextlib.contextmanager
@@ -64,7 +65,7 @@ def to_jsonable(obj: Any) -> Any:
         return obj.item()
     if isinstance(obj, np.ndarray):
         return obj.tolist()
-    if hasattr(obj, "tolist") and hasattr(obj, "dtype"):  # torch.Tensor without importing torch
+    if isinstance(obj, torch.Tensor):
         return obj.tolist()
     return obj
 
@@ -93,8 +94,6 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` through a temporary file (load back with ``weights_only=True``)."""
-    import torch
-
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())
@@ -112,3 +111,29 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
         for block in iter(lambda: fh.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def digest(obj: torch.Tensor | np.ndarray | torch.nn.Module, length: int = 16) -> str:
+    """Hex digest that identifies a tensor, an array or a model's weights.
+
+    A tensor or array is hashed with its dtype and shape (so a reshaped or re-typed copy gets
+    another digest); a module with its class name and every entry of its state dict.
+
+    >>> digest(torch.zeros(2, 2)) == digest(torch.zeros(2, 2)), digest(torch.zeros(4)) == digest(torch.zeros(2, 2))
+    (True, False)
+    """
+    h = hashlib.sha256()
+    if isinstance(obj, torch.nn.Module):
+        h.update(type(obj).__qualname__.encode())
+        for name, t in obj.state_dict().items():
+            h.update(name.encode())
+            h.update(digest(t).encode())
+        return h.hexdigest()[:length]
+    if isinstance(obj, np.ndarray):
+        obj = torch.from_numpy(np.ascontiguousarray(obj))
+    if not isinstance(obj, torch.Tensor):
+        raise TypeError(f"digest takes a tensor, an array or a module, got {type(obj).__name__}")
+    t = obj.detach().cpu().contiguous()
+    h.update(f"{t.dtype}|{tuple(t.shape)}|".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:length]

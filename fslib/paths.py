@@ -72,4 +72,4 @@ def executed_dir() -> Path:
 
 
 def profiles_dir() -> Path:
-    return _PACKAGE_DIR / "profiles"
+    return _PACKAGE_DIR / "book" / "profiles"

@@ -19,9 +19,9 @@ paper" tables, which read them from :func:`describe`.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
+from fslib.spectral import BAND_PAIRS, band_set_name
 from fslib.train import TrainConfig
 
 SCALES = ("smoke", "default", "paper")
@@ -30,8 +30,8 @@ SCALES = ("smoke", "default", "paper")
 # kept (band-pass) and every pair of bands removed (band-stop), as the paper.
 SYNTHETIC_TRACK_SETS = (
     "test",
-    "bandpass:1", "bandpass:2", "bandpass:3", "bandpass:4",
-    "bandstop:1,2", "bandstop:1,3", "bandstop:1,4", "bandstop:2,3", "bandstop:2,4", "bandstop:3,4",
+    *(band_set_name("bandpass", (b,)) for b in (1, 2, 3, 4)),  # "bandpass:1" ... "bandpass:4"
+    *(band_set_name("bandstop", pair) for pair in BAND_PAIRS),  # "bandstop:1,2" ... "bandstop:3,4"
 )
 
 # Smoke and default scales train in bfloat16 autocast, NHWC: on 2 CPU cores a ResNet18 x0.25

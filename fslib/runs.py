@@ -36,15 +36,17 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
+import torchvision
 
 import fslib
-from fslib import augment as aug
 from fslib import models
 from fslib.constants import normalization
 from fslib.device import resolve_device
+from fslib.inference import EVAL_BATCH, evaluate, normalize, predict
 from fslib.io import atomic_torch_save, atomic_write_text, read_json, stable_hash, write_json
 from fslib.paths import cache_dir, repo_root
-from fslib.train import EVAL_BATCH, TrackingRecorder, Trainer, TrainConfig, evaluate, load_data, predict
+from fslib.tracking import TrackingRecorder
+from fslib.train import TrainConfig, Trainer, load_data
 
 __all__ = ["Run", "CheckpointWarning", "run_hash", "run_path", "get_or_train", "load_finished", "environment"]
 
@@ -80,11 +82,30 @@ class Run:
     path: Path
     device: torch.device
 
+    @property
+    def mean(self) -> tuple[float, ...]:
+        """Per-channel mean of the input normalisation (:func:`fslib.constants.normalization`)."""
+        return tuple(normalization(self.config.dataset)[0])
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        """Per-channel standard deviation of the input normalisation."""
+        return tuple(normalization(self.config.dataset)[1])
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """Names of the classes in label order."""
+        return tuple(self.metrics["classes"])
+
+    @property
+    def cache_key(self) -> str:
+        """The run folder's name (model, dataset, config hash): keys the run's cached analyses."""
+        return Path(self.path).name
+
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """Model input from raw images ``(N, C, H, W)`` (uint8, or float in [0, 1]): float32,
         normalised with the dataset's mean/std (:func:`fslib.constants.normalization`)."""
-        mean, std = normalization(self.config.dataset)
-        return aug.normalize(images, mean, std)
+        return normalize(images, self.mean, self.std)
 
     def predict(self, images: torch.Tensor, batch_size: int = EVAL_BATCH) -> torch.Tensor:
         """Logits ``(N, num_classes)`` float32 on the CPU.
@@ -93,8 +114,7 @@ class Run:
         float images must already be normalised (see :meth:`normalize`).
         """
         if images.dtype == torch.uint8:
-            mean, std = normalization(self.config.dataset)
-            return predict(self.model, images, batch_size, self.device, mean=mean, std=std)
+            return predict(self.model, images, batch_size, self.device, mean=self.mean, std=self.std)
         return predict(self.model, images, batch_size, self.device)
 
 
@@ -122,8 +142,6 @@ def _git(*args: str) -> str | None:
 
 def environment(device: torch.device) -> dict[str, Any]:
     """Versions, device, git commit and thread counts of this process."""
-    import torchvision
-
     status = _git("status", "--porcelain", "--untracked-files=no")
     return {
         "fslib": fslib.__version__,

@@ -1,4 +1,4 @@
-"""Training with the paper's recipe, evaluation, and the learning-dynamics measurements.
+"""Training: the paper's recipe as a config, and the deterministic loop that runs it.
 
 :class:`TrainConfig` holds the recipe of the official code as its defaults (SGD lr 0.01,
 momentum 0.9, Nesterov, weight decay 1e-4, ReduceLROnPlateau(0.1) on validation loss,
@@ -17,10 +17,7 @@ needs no RNG state. ``torch.use_deterministic_algorithms(True, warn_only=True)``
 while a :class:`Trainer` builds and trains (and restored afterwards). Results are
 reproducible for a fixed device and thread count.
 
-Learning dynamics: :class:`TrackingRecorder` evaluates the model every ``track_every``
-iterations on named test sets (:func:`track_set`), per class; :func:`learned_first` reads
-"when was each class learned" off that table and :func:`relative_confusion` computes the
-paper's band-stop Delta matrix.
+Evaluation lives in :mod:`fslib.inference`, the learning-dynamics records in :mod:`fslib.tracking`.
 """
 
 from __future__ import annotations
@@ -31,35 +28,28 @@ import time
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Callable, Iterator, Sequence
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from fslib import augment as aug
-from fslib import models
+from fslib import data, models
 from fslib.constants import normalization
-from fslib.data import LabeledImages
 from fslib.device import resolve_device
-
-__all__ = [
-    "SCHEDULERS", "PRECISIONS", "TrainConfig", "TrainData", "load_data", "Trainer", "TrackingRecorder", "track_set",
-    "predict", "evaluate", "uses_channels_last", "confusion_matrix", "relative_confusion", "learned_first",
-    "learned_first_summary", "deterministic",
-]
+from fslib.images import LabeledImages
+from fslib.inference import PRECISIONS, evaluate, normalize
+from fslib.tracking import TrackingRecorder, _parse_track_set, track_set
 
 SCHEDULERS = ("plateau", "onecycle", "cosine", "constant")
-PRECISIONS = ("fp32", "bf16")
-# Images per forward pass in evaluation. On a 2-core CPU a channels-last ResNet18 x0.25 in
-# fp32 scores 1,900-2,100 img/s at 128 against 1,200-1,400 at 512; on a GPU
-# larger batches would be faster, and every function takes ``batch_size``.
-EVAL_BATCH = 128
+
+
+
+
 Hook = Callable[[int, nn.Module], None]
 """``hook(step, model)``: called before the first step (step 0) and after every optimiser step."""
 
 
-# --------------------------------------------------------------------------- config
 @dataclass(frozen=True)
 class TrainConfig:
     """One training run; the defaults are the official code's recipe.
@@ -100,13 +90,11 @@ class TrainConfig:
     track_sets: tuple[str, ...] = ()     # e.g. "test", "bandpass:3", "bandstop:1,2" (see track_set)
 
     def __post_init__(self) -> None:
-        from fslib.data import DATASETS
-
         for name in ("crop_scale", "track_sets"):
             value = getattr(self, name)
             if isinstance(value, list):
                 object.__setattr__(self, name, tuple(value))
-        trainable = [n for n, s in DATASETS.items() if "train" in s.splits]
+        trainable = [n for n, s in data.DATASETS.items() if "train" in s.splits]
         if self.dataset not in trainable:
             raise ValueError(f"unknown training dataset {self.dataset!r}; valid: {', '.join(trainable)}")
         if self.model not in models.MODELS:
@@ -177,7 +165,6 @@ def deterministic() -> Iterator[None]:
         tud.fill_uninitialized_memory = fill
 
 
-# --------------------------------------------------------------------------- data
 @dataclass(frozen=True)
 class TrainData:
     """The three splits of one run, uint8 images in memory."""
@@ -210,8 +197,7 @@ def load_data(cfg: TrainConfig, loader: Callable[..., LabeledImages] | None = No
     TrainData; ``val`` holds ``round(val_fraction * N)`` training images chosen with
     ``cfg.seed`` (as the official code's ``random_split``), ``None`` when val_fraction is 0.
     """
-    if loader is None:
-        from fslib.data import load as loader
+    loader = data.load if loader is None else loader
     kw: dict[str, Any] = {"seed": cfg.data_seed, "progress": progress}
     if cfg.resolution is not None:
         kw["resolution"] = cfg.resolution
@@ -227,298 +213,6 @@ def load_data(cfg: TrainConfig, loader: Callable[..., LabeledImages] | None = No
     return TrainData(train, val, test)
 
 
-# --------------------------------------------------------------------------- evaluation
-def uses_channels_last(model: nn.Module) -> bool:
-    """Whether the model's convolution weights are stored channels-last (NHWC)."""
-    return any(p.ndim == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last)
-               for p in model.parameters())
-
-
-@torch.no_grad()
-def predict(
-    model: nn.Module,
-    images: torch.Tensor,
-    batch_size: int = EVAL_BATCH,
-    device: str | torch.device = "auto",
-    *,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-    precision: str = "fp32",
-) -> torch.Tensor:
-    """Logits of ``model`` in eval mode (its previous mode is restored).
-
-    Parameters
-    ----------
-    images : Tensor, shape (N, C, H, W)
-        Already-normalised float model input; or, when ``mean``/``std`` are given, raw
-        images (uint8, or float in [0, 1]) normalised batch by batch.
-    precision : "fp32", or "bf16" for forwards under ``torch.autocast(bfloat16)`` (the
-        tracking of a bf16 training run; final evaluations use fp32)
-
-    Returns
-    -------
-    Tensor, shape (N, num_classes), float32, on the CPU.
-    """
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
-    dev = resolve_device(device)
-    if mean is None and not images.is_floating_point():
-        raise TypeError(f"images are {images.dtype}: pass mean/std (or normalise first, e.g. run.normalize)")
-    was_training = model.training
-    channels_last = uses_channels_last(model)
-    model.eval()
-    try:
-        outs = []
-        for start in range(0, images.shape[0], batch_size):
-            x = images[start : start + batch_size].to(dev)
-            x = aug.normalize(x, mean, std) if mean is not None else x.to(torch.float32)
-            if x.ndim == 4 and channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                outs.append(model(x).float().cpu())
-        return torch.cat(outs) if outs else torch.empty(0, 0)
-    finally:
-        model.train(was_training)
-
-
-def confusion_matrix(labels: torch.Tensor, predictions: torch.Tensor, num_classes: int) -> np.ndarray:
-    """Counts ``M[i, j]`` of images of class ``i`` predicted as ``j``, int64 ``(C, C)``."""
-    lab = torch.as_tensor(labels).long().flatten().cpu()
-    pred = torch.as_tensor(predictions).long().flatten().cpu()
-    if lab.shape != pred.shape:
-        raise ValueError(f"{lab.numel()} labels but {pred.numel()} predictions")
-    return torch.bincount(lab * num_classes + pred, minlength=num_classes**2).reshape(num_classes, num_classes).numpy()
-
-
-def _scores(confusion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-class accuracy (recall) and false-positive rate from a confusion matrix."""
-    per_class = confusion.sum(axis=1)
-    correct = np.diag(confusion)
-    acc = np.divide(correct, per_class, out=np.full(len(correct), np.nan), where=per_class > 0)
-    negatives = per_class.sum() - per_class
-    fp = confusion.sum(axis=0) - correct
-    fpr = np.divide(fp, negatives, out=np.full(len(correct), np.nan), where=negatives > 0)
-    return acc, fpr
-
-
-def evaluate(
-    model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    num_classes: int,
-    batch_size: int = EVAL_BATCH,
-    device: str | torch.device = "auto",
-    *,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-    precision: str = "fp32",
-) -> dict[str, Any]:
-    """Accuracy, per-class accuracy, confusion matrix and mean loss.
-
-    Parameters
-    ----------
-    images : Tensor, shape (N, C, H, W), normalised float (or raw with ``mean``/``std``)
-    labels : Tensor, shape (N,), int64
-    precision : as :func:`predict`
-
-    Returns
-    -------
-    dict with ``acc`` (float), ``per_class_acc`` (ndarray (C,), NaN for an absent class),
-    ``fpr`` (ndarray (C,), share of other-class images predicted as the class),
-    ``confusion`` (ndarray (C, C) int64, rows = true class), ``loss`` (float, mean
-    cross-entropy) and ``predictions`` (Tensor (N,) int64).
-    """
-    logits = predict(model, images, batch_size, device, mean=mean, std=std, precision=precision)
-    labels = torch.as_tensor(labels).long().cpu()
-    pred = logits.argmax(dim=1)
-    conf = confusion_matrix(labels, pred, num_classes)
-    per_class, fpr = _scores(conf)
-    return {
-        "acc": float((pred == labels).float().mean()),
-        "per_class_acc": per_class,
-        "fpr": fpr,
-        "confusion": conf,
-        "loss": float(F.cross_entropy(logits, labels)),
-        "predictions": pred,
-    }
-
-
-def relative_confusion(pred_original, pred_bandstop, labels, num_classes: int) -> np.ndarray:
-    """The paper's relative confusion matrix of a band-stop test.
-
-    ``Delta[i, j] = (Pred_bandstop[i, j] - Pred_original[i, j]) / N_i * 100``, where
-    ``Pred[i, j]`` counts images of class ``i`` predicted as ``j`` and ``N_i`` is the number
-    of images of class ``i``. Rows sum to 0; the diagonal is the accuracy change in points.
-
-    Parameters
-    ----------
-    pred_original, pred_bandstop : Tensor, shape (N,) predicted labels or (N, C) logits
-    labels : Tensor, shape (N,)
-    num_classes : int
-
-    Returns
-    -------
-    ndarray, shape (C, C), float64, percentage points.
-
-    >>> relative_confusion(torch.tensor([0, 1]), torch.tensor([1, 1]), torch.tensor([0, 1]), 2).tolist()
-    [[-100.0, 100.0], [0.0, 0.0]]
-    """
-    def as_pred(p):
-        p = torch.as_tensor(p)
-        return p.argmax(dim=1) if p.ndim == 2 else p
-
-    orig = confusion_matrix(labels, as_pred(pred_original), num_classes).astype(np.float64)
-    stop = confusion_matrix(labels, as_pred(pred_bandstop), num_classes).astype(np.float64)
-    n = orig.sum(axis=1, keepdims=True)
-    if (n == 0).any():
-        raise ValueError(f"classes {np.flatnonzero(n[:, 0] == 0).tolist()} have no images")
-    return (stop - orig) / n * 100.0
-
-
-# --------------------------------------------------------------------------- tracking
-def _parse_track_set(name: str) -> tuple[str, tuple[int, ...]]:
-    valid = "'test', 'bandpass:K[,K]' or 'bandstop:J[,K]' with bands in 1..4"
-    if name == "test":
-        return "test", ()
-    kind, _, rest = name.partition(":")
-    if kind not in ("bandpass", "bandstop") or not rest:
-        raise ValueError(f"unknown tracking set {name!r}; valid: {valid}")
-    try:
-        bands = tuple(int(b) for b in rest.split(","))
-    except ValueError:
-        raise ValueError(f"unknown tracking set {name!r}; valid: {valid}") from None
-    if not bands or any(b not in (1, 2, 3, 4) for b in bands) or len(set(bands)) != len(bands):
-        raise ValueError(f"unknown tracking set {name!r}; valid: {valid}")
-    return kind, tuple(sorted(bands))
-
-
-def track_set(name: str, test: LabeledImages) -> torch.Tensor:
-    """Images of a named tracking set, built from the test split.
-
-    ``"test"`` is the test split itself; ``"bandpass:K[,K]"`` keeps only the given bands and
-    ``"bandstop:J[,K]"`` removes them (bands of :mod:`fslib.spectral`). For the synthetic
-    sets the variants come from :func:`fslib.synthetic.variant` (DC kept, clipped, uint8),
-    the same images the chapters' band-stop tests use; for other datasets from
-    :func:`fslib.spectral.band_pass` / :func:`~fslib.spectral.band_stop` (float in about
-    [0, 1], not clipped). Labels are those of ``test``.
-
-    Returns
-    -------
-    Tensor, shape (N, C, H, W), uint8 or float (raw, not normalised).
-    """
-    kind, bands = _parse_track_set(name)
-    if kind == "test":
-        return test.images
-    if test.name.startswith("syn_b") and test.extra.get("seed") is not None:
-        from fslib import synthetic
-
-        images, labels = synthetic.variant(test.name, kind, bands, "test", n=len(test), seed=int(test.extra["seed"]))
-        if not torch.equal(labels, test.labels):
-            raise ValueError(f"synthetic.variant({test.name!r}) labels do not match the test split in use")
-        return images
-    from fslib import spectral
-
-    fn = spectral.band_pass if kind == "bandpass" else spectral.band_stop
-    return fn(test.images, bands)
-
-
-class TrackingRecorder:
-    """Hook that records per-class accuracy on named test sets every ``every`` iterations.
-
-    Parameters
-    ----------
-    sets : dict name -> Tensor (N, C, H, W), raw images (uint8 or float in [0, 1])
-    labels : Tensor, shape (N,), shared by every set
-    num_classes : int
-    every, until : int, record at steps 0, every, 2 * every, ... <= until
-    mean, std : normalisation of the model input
-    device, batch_size : for the forward passes (:data:`EVAL_BATCH`)
-    precision : "fp32" or "bf16" (autocast), as the training steps of the run
-
-    ``rows`` holds the table as columns (iteration, set, class, accuracy, fpr), saved in
-    checkpoints so that a resumed run keeps the rows recorded before the interruption. The
-    model is evaluated in eval mode (BatchNorm running statistics), then put back in train mode.
-    """
-
-    COLUMNS = ("iteration", "set", "class", "accuracy", "fpr")
-
-    def __init__(self, sets: dict[str, torch.Tensor], labels: torch.Tensor, num_classes: int, every: int, until: int,
-                 mean, std, device="auto", batch_size: int = EVAL_BATCH, precision: str = "fp32") -> None:
-        self.sets, self.labels, self.num_classes = sets, labels, num_classes
-        self.every, self.until, self.mean, self.std = every, until, mean, std
-        self.device, self.batch_size, self.precision = device, batch_size, precision
-        self.rows: dict[str, list] = {c: [] for c in self.COLUMNS}
-
-    def __call__(self, step: int, model: nn.Module) -> None:
-        if self.every <= 0 or step % self.every or step > self.until:
-            return
-        for name, images in self.sets.items():
-            r = evaluate(model, images, self.labels, self.num_classes, self.batch_size, self.device,
-                         mean=self.mean, std=self.std, precision=self.precision)
-            for c in range(self.num_classes):
-                for key, value in zip(self.COLUMNS, (step, name, c, float(r["per_class_acc"][c]), float(r["fpr"][c]))):
-                    self.rows[key].append(value)
-
-    def frame(self) -> pd.DataFrame:
-        return pd.DataFrame(self.rows, columns=list(self.COLUMNS))
-
-
-def learned_first(
-    tracking: pd.DataFrame,
-    threshold: float = 0.8,
-    *,
-    set: str = "test",
-    max_fpr: float | None = 0.1,
-    sustained: bool = False,
-) -> pd.DataFrame:
-    """The iteration at which each class is first learned.
-
-    Definition: the first recorded iteration ``t`` at which the class's accuracy on the
-    tracking set ``set`` is at least ``threshold`` and, when ``max_fpr`` is given, at most
-    ``max_fpr`` of the other classes' images are predicted as this class. The FPR condition
-    keeps a class from counting as learned while the model simply predicts it for
-    everything (early in training one class often gets 100 % accuracy that way). With
-    ``sustained=True`` the conditions must also hold at every later recorded iteration.
-    A class never learned within the record gets NaN.
-
-    Parameters
-    ----------
-    tracking : DataFrame with columns iteration, set, class, accuracy, fpr (and
-        optionally ``seed``, one group per seed)
-
-    Returns
-    -------
-    DataFrame with columns ``class``, ``iteration`` (float, NaN if never) and ``seed``
-    when the input has one.
-    """
-    df = tracking[tracking["set"] == set]
-    if df.empty:
-        raise ValueError(f"no tracking rows for set {set!r}; sets present: {sorted(tracking['set'].unique())}")
-    keys = ["seed", "class"] if "seed" in df.columns else ["class"]
-    ok = df["accuracy"] >= threshold
-    if max_fpr is not None:
-        ok &= df["fpr"] <= max_fpr
-    df = df.assign(ok=ok).sort_values(keys + ["iteration"])
-    out = []
-    for key, group in df.groupby(keys, sort=True):
-        flags = group["ok"].to_numpy()
-        if sustained:  # holds from here to the end: reverse cumulative AND
-            flags = np.logical_and.accumulate(flags[::-1])[::-1]
-        hit = np.flatnonzero(flags)
-        key = key if isinstance(key, tuple) else (key,)
-        out.append((*key, float(group["iteration"].to_numpy()[hit[0]]) if hit.size else math.nan))
-    return pd.DataFrame(out, columns=keys + ["iteration"])
-
-
-def learned_first_summary(first: pd.DataFrame) -> pd.DataFrame:
-    """Mean +- std over seeds of :func:`learned_first` (seeds where the class was never
-    learned are left out of the mean and counted in ``n_never``); std is the sample std."""
-    g = first.groupby("class")["iteration"]
-    return pd.DataFrame({"mean": g.mean(), "std": g.std(), "n_seeds": g.size(),
-                         "n_never": g.apply(lambda s: int(s.isna().sum()))}).reset_index()
-
-
-# --------------------------------------------------------------------------- training
 def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7_919 + 17) % (2**63)
 
@@ -630,7 +324,7 @@ class Trainer:
             y = labels[idx]
             x = aug.augment_batch(images[idx], y, gen, kind=cfg.augment, extra=cfg.extra_augment, pad=cfg.pad,
                                   scale=tuple(cfg.crop_scale), chunk=cfg.extra_augment_chunk)
-            x, y = aug.normalize(x.to(self.device), self.mean, self.std), y.to(self.device)
+            x, y = normalize(x.to(self.device), self.mean, self.std), y.to(self.device)
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import nbformat
 import pytest
+import tomllib
 import yaml
 
 from fslib import book, paths
+from fslib.book import chapters, runner
 from fslib.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +52,7 @@ def test_toc_lists_exactly_the_chapters_and_they_exist():
 
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=[c.stem for c in CHAPTERS])
 def test_chapter_is_a_jupytext_notebook_with_parameters_then_one_import_cell(chapter):
-    nb = book._read_notebook(chapter.path)
+    nb = chapters._read_notebook(chapter.path)
     assert nb.metadata["kernelspec"]["name"] == "python3"
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert "parameters" in code[0].metadata.get("tags", []), "first code cell must be tagged parameters"
@@ -72,7 +73,7 @@ def test_papermill_reads_every_parameter(chapter, caplog):
     comment it cannot parse (e.g. one holding ``=``) hides the line and logs a warning."""
     from papermill.translators import PythonTranslator
 
-    cell = book._parameters_cell(book._read_notebook(chapter.path), chapter.path)
+    cell = chapters._parameters_cell(chapters._read_notebook(chapter.path), chapter.path)
     with caplog.at_level("WARNING", logger="papermill"):
         seen = [p.name for p in PythonTranslator.inspect(cell)]
     assert seen == list(book.chapter_parameters(chapter)), caplog.text
@@ -82,7 +83,8 @@ def test_papermill_reads_every_parameter(chapter, caplog):
 def test_parameters_cell_must_hold_literals(tmp_path):
     bad = tmp_path / "01_bad.md"
     bad.write_text(
-        "---\njupytext:\n  text_representation:\n    extension: .md\n    format_name: myst\nkernelspec:\n  name: python3\n  display_name: Python 3\n---\n"
+        "---\njupytext:\n  text_representation:\n    extension: .md\n    format_name: myst\n"
+        "kernelspec:\n  name: python3\n  display_name: Python 3\n---\n"
         "```{code-cell} python\n:tags: [parameters]\nn = len([1])\n```\n"
     )
     with pytest.raises(book.UsageError, match="not a plain literal"):
@@ -158,7 +160,7 @@ def test_environment_yml_agrees_with_pyproject():
     minimum = pyproject["project"]["requires-python"].removeprefix(">=")
     assert tuple(map(int, python.split("=")[1].split("."))) >= tuple(map(int, minimum.split(".")))
     names = " ".join(pyproject["project"]["dependencies"] + extras["book"])
-    for required in ("torch", "torchvision", "numpy", "matplotlib", "seaborn", "pandas", "tqdm",
+    for required in ("torch", "torchvision", "numpy", "matplotlib", "pandas", "tqdm",
                      "jupyter-book==1.0.4.post1", "papermill", "jupytext", "ipykernel",
                      "sphinx-mathjax-offline", "sphinxcontrib-bibtex"):
         assert required in names, required
@@ -201,7 +203,7 @@ def test_papermill_runs_a_notebook_over_ipc_and_shuts_the_kernel_down(tmp_path, 
                         "```{code-cell} python\nprint(x * 2)\n```\n", fmt="md:myst")
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     out = tmp_path / "out.ipynb"
-    book._papermill(nb, out, {"x": 21}, tmp_path)
+    runner._papermill(nb, out, {"x": 21}, tmp_path)
     executed = nbformat.read(out, as_version=4)
     assert executed.cells[-1].outputs[0]["text"] == "42\n"          # the injected parameter won
     assert len(managers) == 1 and managers[0].transport == "ipc"

@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from fslib import constants as K
-from fslib import data
+from fslib import data, synthetic
 from fslib.io import sha256_file
 
 _REPO = Path(__file__).resolve().parents[1]
@@ -96,13 +96,13 @@ def env(fixtures, tmp_path, monkeypatch) -> Path:
 def decodes(monkeypatch) -> list:
     """Record every call of the decoder."""
     calls: list = []
-    real = data._decode
+    real = data.cache._decode
 
     def spy(blob, size):
         calls.append(size)
         return real(blob, size)
 
-    monkeypatch.setattr(data, "_decode", spy)
+    monkeypatch.setattr(data.cache, "_decode", spy)
     return calls
 
 
@@ -136,12 +136,8 @@ def test_bad_arguments_name_the_value_and_the_valid_ones(kwargs, message):
 
 def test_synthetic_names_dispatch_to_fslib_synthetic(monkeypatch):
     calls = []
-    fake = types.ModuleType("fslib.synthetic")
-    fake.load_labeled = lambda name, split, n=None, seed=0: calls.append((name, split, n, seed)) or "sentinel"
-    monkeypatch.setitem(sys.modules, "fslib.synthetic", fake)
-    import fslib
-
-    monkeypatch.setattr(fslib, "synthetic", fake, raising=False)
+    fake = lambda name, split, n=None, seed=0: calls.append((name, split, n, seed)) or "sentinel"  # noqa: E731
+    monkeypatch.setattr(synthetic, "load_labeled", fake)
     assert data.load("syn_b3", "test", n=40, seed=7) == "sentinel"
     assert data.load("syn_b1") == "sentinel"
     assert calls == [("syn_b3", "test", 40, 7), ("syn_b1", "train", None, 0)]
@@ -181,7 +177,7 @@ def test_second_load_reads_the_cache_without_decoding(env, decodes, monkeypatch)
     first = data.load("cifar10", "test", progress=False)
     n_first = len(decodes)
     hashes = []
-    monkeypatch.setattr(data, "sha256_file", lambda p: hashes.append(p) or sha256_file(p))
+    monkeypatch.setattr(data.sources, "sha256_file", lambda p: hashes.append(p) or sha256_file(p))
     again = data.load("cifar10", "test", progress=False)
     assert n_first == 40 and len(decodes) == 40 and hashes == []  # no decode, no re-hash
     assert torch.equal(first.images, again.images) and first.extra["cache"] == again.extra["cache"]
@@ -191,7 +187,7 @@ def test_second_load_reads_the_cache_without_decoding(env, decodes, monkeypatch)
 
 
 def test_interrupted_preparation_leaves_no_cache(env, monkeypatch):
-    real = data._decode
+    real = data.cache._decode
     calls = []
 
     def failing(blob, size):
@@ -200,12 +196,12 @@ def test_interrupted_preparation_leaves_no_cache(env, monkeypatch):
             raise KeyboardInterrupt("simulated interruption")
         return real(blob, size)
 
-    monkeypatch.setattr(data, "_decode", failing)
+    monkeypatch.setattr(data.cache, "_decode", failing)
     with pytest.raises(KeyboardInterrupt):
         data.load("cifar10", "test", progress=False)
     prepared = Path(os.environ["FSLIB_CACHE"]) / "prepared"
     assert [p.name for p in prepared.iterdir() if p.is_dir()] == []  # no cache, no temporary folder
-    monkeypatch.setattr(data, "_decode", real)
+    monkeypatch.setattr(data.cache, "_decode", real)
     final = Path(data.load("cifar10", "test", progress=False).extra["cache"])
     # a process killed mid-preparation leaves its temporary folder: the next preparation removes it
     shutil.rmtree(final)

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import fslib
-from fslib import runs, train
-from fslib.data import LabeledImages
+from fslib import inference, runs, train
+from fslib.images import LabeledImages
 
 
 def toy_loader(name, split, n=None, seed=0, progress=True, **kw):
@@ -70,7 +70,7 @@ def test_train_store_and_reuse(cache):
     for name in ("checkpoint.pt", "history.json", "history.csv", "tracking.csv", "metrics.json",
                  "environment.json", "config.json", "DONE"):
         assert (run.path / name).exists(), name
-    assert run.path.parent == cache / "runs" and not run.model.training and train.uses_channels_last(run.model)
+    assert run.path.parent == cache / "runs" and not run.model.training and inference.uses_channels_last(run.model)
     assert list(run.history.epoch) == [1, 2, 3] and run.metrics["epochs"] == 3 and run.metrics["iterations"] == 12
     assert sorted(run.tracking.iteration.unique()) == [0, 4, 8] and len(run.tracking) == 3 * 2 * 4
     env = json.loads((run.path / "environment.json").read_text())

@@ -103,7 +103,8 @@ def mix_amplitude(images: torch.Tensor, source: torch.Tensor, alpha: float = 1.0
     if not images.is_floating_point() or not source.is_floating_point():
         raise TypeError(f"images and source must be floating point, got {images.dtype} and {source.dtype}")
     if images.ndim != 4 or source.shape != images.shape:
-        raise ValueError(f"images and source must share one (N, C, H, W) shape, got {tuple(images.shape)} and {tuple(source.shape)}")
+        raise ValueError(f"images and source must share one (N, C, H, W) shape, "
+                         f"got {tuple(images.shape)} and {tuple(source.shape)}")
     spec = torch.fft.fft2(images)
     amp = torch.fft.fft2(source.to(images.dtype)).abs()
     if alpha < 1.0:

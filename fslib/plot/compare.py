@@ -9,13 +9,13 @@ import pandas as pd
 import torch
 from matplotlib.patches import Rectangle
 
-from fslib.plot.common import new_axes
+from fslib.plot.common import Axes, AxesArg, Figure, new_axes
 from fslib.plot.ood import annotated_heatmap
 
 __all__ = ["model_summary_bars", "tpr_fpr_heatmap", "dfm_mosaic"]
 
 
-def model_summary_bars(data: pd.DataFrame, ax=None, *, title: str | None = None):
+def model_summary_bars(data: pd.DataFrame, ax: AxesArg = None, *, title: str | None = None) -> tuple[Figure, Axes]:
     """Test accuracy (bars, left axis) and number of shortcut classes (dots, right axis) per model.
 
     Parameters
@@ -45,7 +45,8 @@ def model_summary_bars(data: pd.DataFrame, ax=None, *, title: str | None = None)
     return fig, ax
 
 
-def tpr_fpr_heatmap(data: pd.DataFrame, ax=None, *, title: str | None = None, colorbar: bool = True):
+def tpr_fpr_heatmap(data: pd.DataFrame, ax: AxesArg = None, *, title: str | None = None,
+                    colorbar: bool = True) -> tuple[Figure, Axes]:
     """Models x classes TPR of the shortcut test, each cell annotated ``TPR / FPR``.
 
     Parameters
@@ -75,13 +76,14 @@ def tpr_fpr_heatmap(data: pd.DataFrame, ax=None, *, title: str | None = None, co
     return fig, ax
 
 
-def dfm_mosaic(data: Mapping[str, torch.Tensor], ax=None, *, classes: Sequence[str] | None = None):
+def dfm_mosaic(data: Mapping[str, torch.Tensor], ax: AxesArg = None, *,
+               class_names: Sequence[str] | None = None) -> tuple[Figure, Axes]:
     """DFMs of several models: one row per model, one column per class, white = kept.
 
     Parameters
     ----------
     data : mapping model name -> Tensor, shape (C, H, W), bool (same C, H, W for all)
-    classes : column labels, default ``0..C-1``
+    class_names : column labels, default ``0..C-1``
 
     Returns
     -------
@@ -97,8 +99,8 @@ def dfm_mosaic(data: Mapping[str, torch.Tensor], ax=None, *, classes: Sequence[s
             canvas[i * (h + pad): i * (h + pad) + h, j * (w + pad): j * (w + pad) + w] = maps[i, j]
     fig, ax = new_axes(ax, figsize=(0.75 * c + 1.2, 0.75 * m + 0.5))
     ax.imshow(canvas, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-    ax.set_xticks([j * (w + pad) + w / 2 for j in range(c)], list(classes) if classes is not None else [str(j) for j in range(c)],
-                  rotation=30, ha="right", fontsize=7)
+    labels = list(class_names) if class_names is not None else [str(j) for j in range(c)]
+    ax.set_xticks([j * (w + pad) + w / 2 for j in range(c)], labels, rotation=30, ha="right", fontsize=7)
     ax.set_yticks([i * (h + pad) + h / 2 for i in range(m)], names, fontsize=7)
     for side in ("top", "right", "bottom", "left"):
         ax.spines[side].set_visible(False)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fslib.stylize import amplitude_swap, draw_partners, mix_amplitude
+from fslib.augment.ampswap import amplitude_swap, draw_partners, mix_amplitude
 
 
 def _images(n=6, c=3, h=8, w=8, seed=0, dtype=torch.float64):
@@ -123,7 +123,7 @@ def test_bad_arguments_are_named():
 
 
 def test_ampswap_augment_is_amplitude_swap_with_the_module_defaults():
-    from fslib.stylize import AMPSWAP_ALPHA, AMPSWAP_P, ampswap_augment
+    from fslib.augment.ampswap import AMPSWAP_ALPHA, AMPSWAP_P, ampswap_augment
 
     x = torch.randint(0, 256, (10, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(4))
     got = ampswap_augment(x, torch.zeros(10, dtype=torch.long), torch.Generator().manual_seed(9), 1)
