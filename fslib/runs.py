@@ -223,6 +223,20 @@ def _read_tracking(path: Path) -> pd.DataFrame:
     return df if len(df) else pd.DataFrame(columns=list(TrackingRecorder.COLUMNS))
 
 
+def _starting_weights(cfg: TrainConfig) -> dict[str, torch.Tensor] | None:
+    """The model state of the finished run named by ``cfg.init_from`` (its cache key), or None."""
+    if cfg.init_from is None:
+        return None
+    source = cache_dir("runs") / cfg.init_from
+    if not (source / "DONE").exists():
+        raise ValueError(f"init_from={cfg.init_from!r}: no finished run of that name in {source.parent}; "
+                         "train it first (runs.get_or_train) and pass run.cache_key")
+    state = _load_state(source / "checkpoint.pt")
+    if not isinstance(state, dict) or not state.get("finished"):
+        raise ValueError(f"init_from={cfg.init_from!r}: {source / 'checkpoint.pt'} is not a finished fslib run")
+    return state["trainer"]["model"]
+
+
 # --------------------------------------------------------------------------- public
 def load_finished(cfg: TrainConfig, device="auto") -> Run | None:
     """The finished run of ``cfg`` from the cache, or None if it is not finished.
@@ -283,15 +297,16 @@ def get_or_train(
         (path / "DONE").unlink(missing_ok=True)
     path.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
+    start = _starting_weights(cfg)
     data = load_data(cfg, loader, progress)
-    trainer = Trainer(cfg, data, dev, hooks, progress)
+    trainer = Trainer(cfg, data, dev, hooks, progress, initial_state=start)
     state = _read_checkpoint(path / "checkpoint.pt", cfg)
     if state is not None:
         try:
             trainer.load_state_dict(state["trainer"])
         except Exception as exc:  # noqa: BLE001
             _discard(path / "checkpoint.pt", exc)
-            trainer = Trainer(cfg, data, dev, hooks, progress)
+            trainer = Trainer(cfg, data, dev, hooks, progress, initial_state=start)
     write_json(path / "config.json", {"hash": run_hash(cfg), "config": cfg.to_dict()})
     env = environment(dev)
     write_json(path / "environment.json", env)
