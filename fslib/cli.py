@@ -1,4 +1,7 @@
-"""Command line: ``python -m fslib run|build|profiles|data``.
+"""Command line: ``python -m fslib run|build|profiles|data|train``.
+
+``train`` also runs under ``torchrun --nproc-per-node N -m fslib train ...`` (one process per GPU,
+or per CPU process with gloo): the processes train one run together (:mod:`fslib.distributed`).
 
 Bad input (an unknown profile, chapter, parameter or dataset) fails at once with a message
 listing the valid names and exit status 2, before anything executes.
@@ -7,9 +10,11 @@ listing the valid names and exit status 2, before anything executes.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
-from fslib import book, data
+from fslib import book, data, distributed, recipes, runs, train
 
 USAGE_ERROR = 2
 
@@ -40,7 +45,49 @@ def _parser() -> argparse.ArgumentParser:
     prep = dsub.add_parser("prepare", help="decode a dataset once into the cache")
     prep.add_argument("name")
     prep.add_argument("--resolution", type=int, default=None)
+
+    fit = sub.add_parser("train", help="train a recipe (or a TrainConfig JSON) into the run cache; torchrun-aware")
+    fit.add_argument("recipe", help="synthetic | cifar10 | imagenette, or a .json file holding TrainConfig fields")
+    fit.add_argument("--dataset", default="syn_b1", help="synthetic recipe: syn_b1..syn_b4 (default: %(default)s)")
+    fit.add_argument("--model", default="resnet18", help="cifar10 / imagenette recipes: fslib.models name")
+    fit.add_argument("--extra-augment", default="none", help="cifar10 recipe: none, autoaugment, augmix, ampswap")
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--scale", default="default", help="smoke | default | paper (default: %(default)s)")
+    fit.add_argument("--device", default="auto", help="auto (CUDA when present; under torchrun this rank's GPU), cpu, cuda")
     return parser
+
+
+def _train_config(args) -> "train.TrainConfig":
+    """The TrainConfig a ``train`` command asks for (ValueError naming what is wrong)."""
+    if args.recipe.endswith(".json"):
+        path = Path(args.recipe)
+        if not path.is_file():
+            raise ValueError(f"config file {path} not found")
+        try:
+            fields = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"config file {path} is not valid JSON ({exc})") from None
+        return train.TrainConfig.from_dict(fields.get("config", fields))  # a run's config.json works too
+    if args.recipe == "synthetic":
+        return recipes.synthetic(args.dataset, seed=args.seed, scale=args.scale)
+    if args.recipe == "cifar10":
+        return recipes.cifar10(args.model, args.extra_augment, seed=args.seed, scale=args.scale)
+    if args.recipe == "imagenette":
+        return recipes.imagenette(args.model, seed=args.seed, scale=args.scale)
+    raise ValueError(f"unknown recipe {args.recipe!r}; valid: synthetic, cifar10, imagenette or a .json config file")
+
+
+def _train(args) -> int:
+    try:
+        cfg = _train_config(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+    distributed.init_from_env(args.device)
+    run = runs.get_or_train(cfg, device=args.device, progress=distributed.is_main())
+    if distributed.is_main():
+        print(f"[fslib] {run.path} ({distributed.world()[1]} process(es)): test accuracy {run.metrics['test_acc']:.4f}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"chapter {chapter.number} ({chapter.stem}): {book.chapter_parameters(chapter)}")
         elif args.command == "data":
             return _data(args)
+        elif args.command == "train":
+            return _train(args)
     except book.UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return USAGE_ERROR

@@ -39,7 +39,7 @@ import torch.nn as nn
 import torchvision
 
 import fslib
-from fslib import models
+from fslib import distributed, models
 from fslib.constants import normalization
 from fslib.device import resolve_device
 from fslib.inference import EVAL_BATCH, evaluate, normalize, predict
@@ -155,6 +155,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "device": str(device),
         "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "torch_threads": torch.get_num_threads(),
+        "processes": distributed.world()[1],
         "cpu_count": os.cpu_count(),
         "git_commit": _git("rev-parse", "HEAD"),
         "git_dirty": None if status is None else bool(status),
@@ -283,7 +284,13 @@ def get_or_train(
     Returns
     -------
     Run
+
+    Under ``torchrun`` (:mod:`fslib.distributed`) every rank calls this: they train together
+    (DDP), rank 0 alone writes the run folder, and every rank returns the finished run.
     """
+    distributed.init_from_env(device)
+    device = distributed.local_device(device)
+    main = distributed.is_main()
     path = run_path(cfg)
     if (path / "DONE").exists():
         try:
@@ -294,24 +301,39 @@ def get_or_train(
             reason = (str(exc).strip().splitlines() or [""])[0]
             warnings.warn(f"finished run {path} is unreadable ({type(exc).__name__}: {reason}); "
                           "resuming or retraining it.", CheckpointWarning, stacklevel=2)
-        (path / "DONE").unlink(missing_ok=True)
-    path.mkdir(parents=True, exist_ok=True)
+        distributed.barrier()  # every rank has looked before rank 0 removes the marker
+        if main:
+            (path / "DONE").unlink(missing_ok=True)
+    if main:
+        path.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
     start = _starting_weights(cfg)
     data = load_data(cfg, loader, progress)
     trainer = Trainer(cfg, data, dev, hooks, progress, initial_state=start)
-    state = _read_checkpoint(path / "checkpoint.pt", cfg)
+    state = _read_checkpoint(path / "checkpoint.pt", cfg) if main else None  # rank 0 checks (and sets aside)
+    distributed.barrier()
+    if not main and (path / "checkpoint.pt").exists():  # ... then the others read what it accepted
+        state = _load_state(path / "checkpoint.pt")
     if state is not None:
         try:
             trainer.load_state_dict(state["trainer"])
         except Exception as exc:  # noqa: BLE001
             _discard(path / "checkpoint.pt", exc)
             trainer = Trainer(cfg, data, dev, hooks, progress, initial_state=start)
-    write_json(path / "config.json", {"hash": run_hash(cfg), "config": cfg.to_dict()})
     env = environment(dev)
-    write_json(path / "environment.json", env)
+    if main:
+        write_json(path / "config.json", {"hash": run_hash(cfg), "config": cfg.to_dict()})
+        write_json(path / "environment.json", env)
 
-    trainer.fit(on_epoch_end=lambda t: _save_progress(t, path, finished=False))
+    def save(t: Trainer) -> None:
+        if main:
+            _save_progress(t, path, finished=False)
+        distributed.barrier()  # a rank that fails later finds this epoch's checkpoint on resume
+
+    trainer.fit(on_epoch_end=save)
+    if not main:
+        distributed.barrier()  # rank 0 evaluates and writes the finished run
+        return load_finished(cfg, dev)
     t0 = time.perf_counter()
     mean, std = normalization(cfg.dataset)
     r = evaluate(trainer.model, data.test.images, data.test.labels, data.num_classes, device=dev, mean=mean, std=std)
@@ -327,6 +349,7 @@ def get_or_train(
         "train_seconds": float(history["seconds"].sum()) if len(history) else 0.0,
         "train_cpu_seconds": float(history["cpu_seconds"].sum()) if len(history) else 0.0,
         "torch_threads": torch.get_num_threads(),
+        "processes": trainer.world_size,
         "wall_seconds": float(history["seconds"].sum()) + time.perf_counter() - t0 if len(history) else 0.0,
         "data_source": data.train.source,
         "classes": list(data.test.classes),
@@ -339,4 +362,5 @@ def get_or_train(
     write_json(path / "metrics.json", metrics)
     write_json(path / "environment.json", {**env, "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     atomic_write_text(path / "DONE", f"{run_hash(cfg)}\n")
+    distributed.barrier()
     return load_finished(cfg, dev)

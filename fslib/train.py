@@ -41,7 +41,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fslib import augment as aug
-from fslib import data, models
+from fslib import data, distributed, models
 from fslib.constants import normalization
 from fslib.device import resolve_device
 from fslib.images import LabeledImages
@@ -289,12 +289,23 @@ class Trainer:
 
     Use :meth:`fit`; :meth:`state_dict` / :meth:`load_state_dict` checkpoint everything a
     resumed run needs (model, optimiser, scheduler, counters, history, tracking rows).
+
+    Several processes (``torchrun``, :mod:`fslib.distributed`): every rank draws the same global
+    batch and its augmentation from the same generator and trains on its share of it
+    (``batch_size / world_size`` images) with DistributedDataParallel, BatchNorm normalising over
+    the global batch; the averaged gradients are those of the whole batch, so the run equals a
+    single-process run of the same config up to the order of floating-point sums. Tracking runs
+    on rank 0 only; validation on every rank (the plateau scheduler must step alike).
     """
 
     def __init__(self, cfg: TrainConfig, data: TrainData, device="auto", hooks: Sequence[Hook] = (), progress: bool = True,
                  initial_state: dict[str, torch.Tensor] | None = None):
         self.cfg, self.data, self.progress = cfg, data, progress
-        self.device = resolve_device(device)
+        self.device = resolve_device(distributed.local_device(device))
+        self.rank, self.world_size = distributed.world()
+        if cfg.batch_size % self.world_size:
+            raise ValueError(f"batch_size={cfg.batch_size} must be a multiple of the {self.world_size} processes "
+                             "(each trains on an equal share of every global batch)")
         self.mean, self.std = normalization(cfg.dataset)
         n = len(data.train)
         self.steps_per_epoch = n // cfg.batch_size  # full batches only: BatchNorm needs > 1 image
@@ -314,6 +325,7 @@ class Trainer:
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.frozen = self._freeze()
+        self.net = self._distribute()  # what the training step calls: the model, or its DDP wrapper
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
                                          nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
@@ -322,7 +334,7 @@ class Trainer:
         self.step = 0   # optimiser steps completed
         self.history: list[dict[str, float]] = []
         self.recorder: TrackingRecorder | None = None
-        if cfg.track_every > 0:
+        if cfg.track_every > 0 and distributed.is_main():
             sets = {name: track_set(name, data.test) for name in cfg.track_sets}
             self.recorder = TrackingRecorder(sets, data.test.labels, data.num_classes, cfg.track_every,
                                              cfg.track_until, self.mean, self.std, self.device,
@@ -362,6 +374,14 @@ class Trainer:
         return [m for m in self.model.modules()  # modules with weights or statistics of their own, none trainable
                 if (list(m.parameters(recurse=False)) or list(m.buffers(recurse=False)))
                 and not any(p.requires_grad for p in m.parameters(recurse=False))]
+
+    def _distribute(self) -> nn.Module:
+        """Alone: the model. Under torchrun: BatchNorm over the global batch, wrapped in DDP."""
+        if self.world_size == 1:
+            return self.model
+        self.model = distributed.sync_batchnorm(self.model, self.device)
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
 
     def _own_rng(self):
         """Seed torch's global generators inside without changing the caller's RNG state."""
@@ -428,10 +448,13 @@ class Trainer:
             x, y = normalize(x.to(self.device), self.mean, self.std), y.to(self.device)
             if cfg.input_augment != "none":
                 x = aug.input_augment(x, y, cfg.input_augment, gen, dict(cfg.input_augment_options))
+            if self.world_size > 1:  # every rank drew the whole batch (same generator state); train on a share
+                share = cfg.batch_size // self.world_size
+                x, y = x[self.rank * share : (self.rank + 1) * share], y[self.rank * share : (self.rank + 1) * share]
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-                loss, logits = OBJECTIVES[cfg.objective](model, x, y, cfg, gen)
+                loss, logits = OBJECTIVES[cfg.objective](self.net, x, y, cfg, gen)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -445,6 +468,9 @@ class Trainer:
             bar.set_postfix(epoch=self.epoch + 1, loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
             for hook in self.hooks:
                 hook(self.step, model)
+        if self.world_size > 1:  # the epoch's statistics of the whole global batches
+            totals = distributed.all_reduce_sum(torch.tensor([loss_sum, correct, seen], dtype=torch.float64))
+            loss_sum, correct, seen = float(totals[0]), int(totals[1]), int(totals[2])
         return {"train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1), "iterations": seen // cfg.batch_size}
 
     def fit(self, on_epoch_end: Callable[["Trainer"], None] | None = None) -> "Trainer":
@@ -452,7 +478,7 @@ class Trainer:
         from tqdm.auto import tqdm
 
         cfg = self.cfg
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.progress, unit="it",
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.progress or self.rank > 0, unit="it",
                    desc=f"{cfg.model} x{cfg.width:g} on {cfg.dataset}")
         with deterministic(), self._own_rng(), bar:
             if self.step == 0:

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from fslib import distributed
 from fslib.device import resolve_device
 from fslib.dfm.units import _removed_components, _sinusoid_basis, ablation_units
 from fslib.inference import eval_mode
@@ -143,6 +144,11 @@ def ablation_loss(
     from the same forward passes and the removal is a subtraction of the pair's sinusoid,
     computed for a whole batch of (unit, image) combinations at once.
 
+    Under ``torchrun`` (:mod:`fslib.distributed`) the units are shared among the ranks in the
+    batches a single process would form, each rank checkpoints its own share (``checkpoint``
+    with ``.rankRofW`` before the suffix), and the partial maps are summed: every rank returns
+    the map a single process computes.
+
     Parameters
     ----------
     model : nn.Module
@@ -191,7 +197,14 @@ def ablation_loss(
 
     sums = torch.zeros(n_units, num_classes, dtype=torch.float64)
     done = torch.zeros(n_units, dtype=torch.bool)
+    rank, world_size = distributed.world()
+    # Units go to ranks in whole chunks of k (chunk i to rank i % world_size): every chunk is the
+    # batch a single process would form, so the sharded maps equal the single-process maps.
+    chunk_of = torch.arange(n_units) // k
+    mine = chunk_of % world_size == rank
     ckpt = Path(checkpoint) if checkpoint is not None else None
+    if ckpt is not None and world_size > 1:  # one checkpoint per rank, resumed by the same rank
+        ckpt = ckpt.with_name(f"{ckpt.stem}.rank{rank}of{world_size}{ckpt.suffix}")
     fingerprint = None
     if ckpt is not None:
         fingerprint = {
@@ -209,7 +222,7 @@ def ablation_loss(
         if ckpt is not None:
             save_npz(ckpt, sums=sums.numpy(), done=done.numpy(), fingerprint=np.array(json.dumps(fingerprint)))
 
-    todo = (~done).nonzero().flatten()
+    todo = (~done & mine).nonzero().flatten()
     model.to(dev)
     groups = [(start, min(start + g, n)) for start in range(0, n, g)]
     # Spectra of every image are computed once and reused by every unit, when they fit.
@@ -218,9 +231,12 @@ def ablation_loss(
     onehot = F.one_hot(labels, num_classes).double()  # (N, num_classes)
     last_save = time.monotonic()
     unit_name = "pair" if patch_size == 1 else "block"
-    bar = tqdm(total=n_units, initial=n_units - len(todo), disable=not progress, desc="ablation", unit=unit_name)
+    total = int(mine.sum())
+    bar = tqdm(total=total, initial=total - len(todo), disable=not progress or rank > 0, desc="ablation",
+               unit=unit_name)
+    chunks = [todo[chunk_of[todo] == i] for i in torch.unique(chunk_of[todo]).tolist()] if len(todo) else []
     with eval_mode(model, cpu_channels_last=True), torch.inference_mode():
-        for chunk in todo.split(k) if len(todo) else ():
+        for chunk in chunks:
             pos = units.positions[chunk].to(dev)
             wts = units.weights[chunk].to(dev)
             basis = _sinusoid_basis(units.positions[chunk], h, w, images.dtype, dev)  # (K, 2M, HW)
@@ -244,5 +260,7 @@ def ablation_loss(
     bar.close()
     if len(todo):
         save()
+    if world_size > 1:  # every unit was computed by exactly one rank: the sum is the whole map
+        distributed.all_reduce_sum(sums)
     means = (sums / counts).T  # (num_classes, U)
     return means[:, units.owner.flatten()].reshape(num_classes, h, w)
