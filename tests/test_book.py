@@ -215,7 +215,10 @@ def test_papermill_runs_a_notebook_over_ipc_and_shuts_the_kernel_down(tmp_path, 
     sockets = Path(managers[0].ip).parent      # a private folder: two runs never share a socket ...
     assert Path(managers[0].ip).is_absolute() and sockets.name.startswith("fslib-kernel-")
     assert not sockets.exists() and not list(tmp_path.glob("kernel-ipc*"))  # ... and it is removed afterwards
-    assert runner._socket_folder() != runner._socket_folder()
+    folders = [runner._socket_folder(), runner._socket_folder()]
+    assert folders[0] != folders[1] and all(f.stat().st_mode & 0o777 == 0o700 for f in folders)
+    for f in folders:
+        f.rmdir()
     assert "without encryption" not in capfd.readouterr().err
 
 
@@ -306,6 +309,34 @@ def test_ctrl_c_removes_the_partial_notebook_and_shuts_the_kernel_down(tmp_path,
     assert not out.exists() and not managers[0].has_kernel
     if folders:
         assert not folders[0].exists()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_a_real_ctrl_c_during_a_long_cell_stops_the_chapter_at_once(tmp_path):
+    import signal
+    import threading
+    import time
+
+    import jupytext
+
+    marker = tmp_path / "cell-started"
+    nb = jupytext.reads("```{code-cell} python\n:tags: [parameters]\nx = 1\n```\n\n```{code-cell} python\n"
+                        f"import pathlib, time\npathlib.Path({str(marker)!r}).touch()\ntime.sleep(120)\n```\n",
+                        fmt="md:myst")
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+
+    def press_ctrl_c():
+        deadline = time.monotonic() + 60
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    out = tmp_path / ".01_x.running.ipynb"
+    threading.Thread(target=press_ctrl_c, daemon=True).start()
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):  # a blocking kernel client would sit out the 120 s cell
+        runner._papermill(nb, out, {}, tmp_path)
+    assert marker.exists() and time.monotonic() - start < 60 and not out.exists()
 
 
 def test_cli_ctrl_c_prints_one_line(monkeypatch, capsys, tmp_path):

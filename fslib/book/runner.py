@@ -261,13 +261,17 @@ def _papermill(nb, out: Path, parameters: dict[str, Any], cwd: Path) -> None:
     (ipykernel warns about those at every start), in a private temporary folder of this run
     (:func:`_socket_folder`) that is removed afterwards; papermill then does not own the
     kernel manager, so the kernel is shut down here, also on Ctrl-C (which removes ``out``).
+    The manager is asynchronous, as the one nbclient makes for itself: with a blocking one,
+    nbclient waits for a cell's reply inside its event loop, so neither Ctrl-C nor a dead
+    kernel would be noticed until the cell ends.
     """
     import papermill
-    from jupyter_client.manager import KernelManager
+    from jupyter_client.manager import AsyncKernelManager
+    from jupyter_core.utils import run_sync
 
     ipc = os.name == "posix"
     sockets = _socket_folder() if ipc else None
-    km = KernelManager(kernel_name="python3", transport="ipc" if ipc else "tcp")
+    km = AsyncKernelManager(kernel_name="python3", transport="ipc" if ipc else "tcp")
     if sockets is not None:
         km.ip = str(sockets / "kernel")  # absolute: the default "kernel-ipc" is relative to each process's cwd
     try:
@@ -278,7 +282,7 @@ def _papermill(nb, out: Path, parameters: dict[str, Any], cwd: Path) -> None:
         raise
     finally:
         if km.has_kernel:
-            km.shutdown_kernel(now=True)
+            run_sync(km.shutdown_kernel)(now=True)
         if sockets is not None:
             shutil.rmtree(sockets, ignore_errors=True)
 
