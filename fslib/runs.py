@@ -235,6 +235,9 @@ def _read_tracking(path: Path) -> pd.DataFrame:
 
 def _read_finished(path: Path, cfg: TrainConfig) -> tuple[nn.Module, pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """Model (CPU), history, tracking and metrics of a finished run; ArtefactDamaged names a bad file."""
+    for name in ("checkpoint.pt", "metrics.json", "history.json", "tracking.csv"):
+        if not (path / name).is_file():
+            raise ArtefactDamaged(path / name, "it is missing")
     done = artefacts.read_text(path / "DONE").strip()
     if done != run_hash(cfg):
         raise ArtefactDamaged(path / "DONE", f"it holds {done[:40]!r}, not this run's hash {run_hash(cfg)}")
@@ -242,14 +245,11 @@ def _read_finished(path: Path, cfg: TrainConfig) -> tuple[nn.Module, pd.DataFram
     state = _load_state(file)
     if not isinstance(state, dict) or state.get("meta", {}).get("config") != cfg.to_dict() or not state.get("finished"):
         raise ArtefactDamaged(file, "it does not hold the finished run of this config")
-    model = models.build(cfg.model, len(state["meta"]["classes"]), width=cfg.width)
     try:
+        model = models.build(cfg.model, len(state["meta"]["classes"]), width=cfg.width)
         model.load_state_dict(state["trainer"]["model"])
-    except (KeyError, RuntimeError) as exc:
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise ArtefactDamaged(file, f"its weights do not fit the model ({type(exc).__name__})") from exc
-    for name in ("metrics.json", "history.json", "tracking.csv"):
-        if not (path / name).exists():
-            raise ArtefactDamaged(path / name, "it is missing")
     history = pd.DataFrame(artefacts.read_json(path / "history.json"))
     return model, history, _read_tracking(path), artefacts.read_json(path / "metrics.json")
 
