@@ -233,6 +233,20 @@ def _read_tracking(path: Path) -> pd.DataFrame:
     return df if len(df) else pd.DataFrame(columns=list(TrackingRecorder.COLUMNS))
 
 
+def _starting_weights(cfg: TrainConfig) -> dict[str, torch.Tensor] | None:
+    """The model state of the finished run named by ``cfg.init_from`` (its cache key), or None."""
+    if cfg.init_from is None:
+        return None
+    source = cache_dir("runs") / cfg.init_from
+    if not (source / "DONE").exists():
+        raise ValueError(f"init_from={cfg.init_from!r}: no finished run of that name in {source.parent}; "
+                         "train it first (runs.get_or_train) and pass run.cache_key")
+    state = _load_state(source / "checkpoint.pt")
+    if not isinstance(state, dict) or not state.get("finished"):
+        raise ValueError(f"init_from={cfg.init_from!r}: {source / 'checkpoint.pt'} is not a finished fslib run")
+    return state["trainer"]["model"]
+
+
 def _read_finished(path: Path, cfg: TrainConfig) -> tuple[nn.Module, pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """Model (CPU), history, tracking and metrics of a finished run; ArtefactDamaged names a bad file."""
     for name in ("checkpoint.pt", "metrics.json", "history.json", "tracking.csv"):
@@ -305,16 +319,17 @@ def get_or_train(
                 return run
         except ArtefactDamaged as exc:
             _damaged_finished_run(path, exc)
+    start = _starting_weights(cfg)
     data = load_data(cfg, loader, progress)
     path.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(cfg, data, dev, hooks, progress)
+    trainer = Trainer(cfg, data, dev, hooks, progress, initial_state=start)
     state = _read_checkpoint(path / "checkpoint.pt", cfg)
     if state is not None:
         try:
             trainer.load_state_dict(state["trainer"])
         except Exception as exc:  # noqa: BLE001
             _discard(path / "checkpoint.pt", exc)
-            trainer = Trainer(cfg, data, dev, hooks, progress)
+            trainer = Trainer(cfg, data, dev, hooks, progress, initial_state=start)
     artefacts.write_json(path / "config.json", {"hash": run_hash(cfg), "config": cfg.to_dict()})
     env = environment(dev)
     artefacts.write_json(path / "environment.json", env)

@@ -17,6 +17,13 @@ needs no RNG state. ``torch.use_deterministic_algorithms(True, warn_only=True)``
 while a :class:`Trainer` builds and trains (and restored afterwards). Results are
 reproducible for a fixed device and thread count.
 
+Extension points, each a config field (and so part of the run hash once set): the training
+loss (``objective``, a registry :data:`OBJECTIVES`), an augmentation of the normalised model
+input (``input_augment``, :data:`fslib.augment.INPUT_AUGMENTS`), and fine-tuning from another
+finished run (``init_from``) with some blocks frozen (``trainable``) or re-initialised
+(``reinit``). Fields added after the first runs were cached stay out of the hash while they
+hold their defaults (:meth:`TrainConfig.to_dict`).
+
 Evaluation lives in :mod:`fslib.inference`, the learning-dynamics records in :mod:`fslib.tracking`.
 """
 
@@ -43,11 +50,35 @@ from fslib.tracking import TrackingRecorder, _parse_track_set, track_set
 
 SCHEDULERS = ("plateau", "onecycle", "cosine", "constant")
 
-
-
-
 Hook = Callable[[int, nn.Module], None]
 """``hook(step, model)``: called before the first step (step 0) and after every optimiser step."""
+
+Objective = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+"""``objective(model, x, y, cfg, generator) -> (loss, logits)``: one training step's loss on the
+normalised batch ``x`` (the options are ``dict(cfg.objective_options)``)."""
+
+
+def _cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: "TrainConfig",
+                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = model(x)
+    return F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing), logits
+
+
+OBJECTIVES: dict[str, Objective] = {"ce": _cross_entropy}
+"""Training objectives by name (``TrainConfig.objective``); ``"ce"`` is the paper's cross-entropy."""
+
+
+def register_objective(name: str, fn: Objective) -> None:
+    """Make ``fn`` available as ``TrainConfig(objective=name)``; a taken name raises ValueError."""
+    if name in OBJECTIVES and OBJECTIVES[name] is not fn:
+        raise ValueError(f"objective {name!r} is already registered; taken: {', '.join(OBJECTIVES)}")
+    OBJECTIVES[name] = fn
+
+
+# Fields added after run hashes were first recorded: left out of to_dict() (so out of every run
+# hash) while they hold these defaults, so the cached runs of a built book keep their hashes.
+_LATER_FIELDS: dict[str, Any] = {"input_augment": "none", "input_augment_options": (), "objective": "ce",
+                                 "objective_options": (), "init_from": None, "trainable": (), "reinit": ()}
 
 
 @dataclass(frozen=True)
@@ -88,12 +119,24 @@ class TrainConfig:
     track_every: int = 0                 # evaluate tracking sets every k iterations (0 = off)
     track_until: int = 0                 # ... up to this iteration (paper: 500 synthetic, 1,200 natural)
     track_sets: tuple[str, ...] = ()     # e.g. "test", "bandpass:3", "bandstop:1,2" (see track_set)
+    input_augment: str = "none"          # augmentation of the normalised model input (fslib.augment.INPUT_AUGMENTS)
+    input_augment_options: tuple[tuple[str, Any], ...] = ()  # its settings, as (name, value) pairs
+    objective: str = "ce"                # training loss (OBJECTIVES); paper: cross-entropy
+    objective_options: tuple[tuple[str, Any], ...] = ()      # its settings, as (name, value) pairs
+    init_from: str | None = None         # cache key of a finished run whose weights start this one (None: random init)
+    trainable: tuple[str, ...] = ()      # parameter-name prefixes that train; the rest is frozen (empty: all train)
+    reinit: tuple[str, ...] = ()         # with init_from: prefixes that start from a fresh initialisation instead
 
     def __post_init__(self) -> None:
-        for name in ("crop_scale", "track_sets"):
+        for name in ("crop_scale", "track_sets", "trainable", "reinit"):
             value = getattr(self, name)
             if isinstance(value, list):
                 object.__setattr__(self, name, tuple(value))
+        for name in ("input_augment_options", "objective_options"):
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                value = value.items()
+            object.__setattr__(self, name, tuple(sorted((str(k), v) for k, v in value)))
         trainable = [n for n, s in data.DATASETS.items() if "train" in s.splits]
         if self.dataset not in trainable:
             raise ValueError(f"unknown training dataset {self.dataset!r}; valid: {', '.join(trainable)}")
@@ -107,6 +150,12 @@ class TrainConfig:
             raise ValueError(f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}")
         if self.extra_augment not in aug.EXTRA_AUGMENTS:
             raise ValueError(f"unknown extra_augment {self.extra_augment!r}; valid: {', '.join(aug.EXTRA_AUGMENTS)}")
+        if self.input_augment not in aug.INPUT_AUGMENTS:
+            raise ValueError(f"unknown input_augment {self.input_augment!r}; valid: {', '.join(aug.INPUT_AUGMENTS)}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.objective!r}; valid: {', '.join(OBJECTIVES)}")
+        if self.reinit and self.init_from is None:
+            raise ValueError("reinit needs init_from: it names blocks of the starting run to initialise afresh")
         checks = {
             "width": self.width > 0, "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 2,
             "lr": self.lr > 0, "momentum": 0 <= self.momentum < 1, "weight_decay": self.weight_decay >= 0,
@@ -129,8 +178,16 @@ class TrainConfig:
             _parse_track_set(name)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready dict (tuples become lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        """Plain JSON-ready dict (tuples become lists), the content of the run hash.
+
+        Fields added to the config after the first runs were cached are left out while they
+        hold their defaults, so adding a field never changes an existing run's hash.
+        """
+        def plain(v: Any) -> Any:
+            return [plain(x) for x in v] if isinstance(v, (tuple, list)) else v
+
+        return {k: plain(v) for k, v in asdict(self).items()
+                if not (k in _LATER_FIELDS and getattr(self, k) == _LATER_FIELDS[k])}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
@@ -234,7 +291,8 @@ class Trainer:
     resumed run needs (model, optimiser, scheduler, counters, history, tracking rows).
     """
 
-    def __init__(self, cfg: TrainConfig, data: TrainData, device="auto", hooks: Sequence[Hook] = (), progress: bool = True):
+    def __init__(self, cfg: TrainConfig, data: TrainData, device="auto", hooks: Sequence[Hook] = (), progress: bool = True,
+                 initial_state: dict[str, torch.Tensor] | None = None):
         self.cfg, self.data, self.progress = cfg, data, progress
         self.device = resolve_device(device)
         self.mean, self.std = normalization(cfg.dataset)
@@ -248,9 +306,16 @@ class Trainer:
         with deterministic(), self._own_rng():
             torch.manual_seed(cfg.seed)
             self.model = models.build(cfg.model, data.num_classes, width=cfg.width).to(self.device)
+        if (cfg.init_from is None) != (initial_state is None):
+            raise ValueError(f"init_from={cfg.init_from!r} needs the starting run's model state (initial_state), "
+                             "and initial_state needs init_from: fslib.runs.get_or_train passes both")
+        if initial_state is not None:
+            self._start_from(initial_state)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+        self.frozen = self._freeze()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
                                          nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
         self.scheduler = self._make_scheduler()
         self.epoch = 0  # epochs completed
@@ -263,6 +328,40 @@ class Trainer:
                                              cfg.track_until, self.mean, self.std, self.device,
                                              precision=cfg.precision)
         self.hooks = ([self.recorder] if self.recorder else []) + list(hooks)
+
+    def _matching(self, prefixes: Sequence[str], what: str) -> set[str]:
+        """Parameter and buffer names under the given prefixes; a prefix matching nothing is an error."""
+        names = list(self.model.state_dict())
+        chosen = set()
+        for prefix in prefixes:
+            hit = {n for n in names if n == prefix or n.startswith(prefix + ".")}
+            if not hit:
+                tops = sorted({n.split(".")[0] for n in names})
+                raise ValueError(f"{what} prefix {prefix!r} matches no parameter of {self.cfg.model}; "
+                                 f"valid blocks: {', '.join(tops)}")
+            chosen |= hit
+        return chosen
+
+    def _start_from(self, state: dict[str, torch.Tensor]) -> None:
+        """Load the starting run's weights, except the ``reinit`` blocks (they keep this run's seeded init)."""
+        fresh = self._matching(self.cfg.reinit, "reinit")
+        own = self.model.state_dict()
+        if set(state) != set(own):
+            raise ValueError(f"init_from={self.cfg.init_from!r} holds another architecture: its state has "
+                             f"{len(state)} entries, {self.cfg.model} x{self.cfg.width:g} has {len(own)}")
+        self.model.load_state_dict({k: (own[k] if k in fresh else v) for k, v in state.items()})
+
+    def _freeze(self) -> list[nn.Module]:
+        """Freeze every parameter outside ``cfg.trainable``; return the modules that are entirely frozen
+        (they stay in eval mode while training, so their BatchNorm statistics do not move either)."""
+        if not self.cfg.trainable:
+            return []
+        keep = self._matching(self.cfg.trainable, "trainable")
+        for name, p in self.model.named_parameters():
+            p.requires_grad_(name in keep)
+        return [m for m in self.model.modules()  # modules with weights or statistics of their own, none trainable
+                if (list(m.parameters(recurse=False)) or list(m.buffers(recurse=False)))
+                and not any(p.requires_grad for p in m.parameters(recurse=False))]
 
     def _own_rng(self):
         """Seed torch's global generators inside without changing the caller's RNG state."""
@@ -316,6 +415,8 @@ class Trainer:
         order = torch.randperm(len(self.data.train), generator=gen)
         images, labels = self.data.train.images, self.data.train.labels
         model.train()
+        for m in self.frozen:
+            m.eval()
         loss_sum, correct, seen = 0.0, 0, 0
         for b in range(self.steps_per_epoch):
             if self.step >= self.total_steps:
@@ -325,11 +426,12 @@ class Trainer:
             x = aug.augment_batch(images[idx], y, gen, kind=cfg.augment, extra=cfg.extra_augment, pad=cfg.pad,
                                   scale=tuple(cfg.crop_scale), chunk=cfg.extra_augment_chunk)
             x, y = normalize(x.to(self.device), self.mean, self.std), y.to(self.device)
+            if cfg.input_augment != "none":
+                x = aug.input_augment(x, y, cfg.input_augment, gen, dict(cfg.input_augment_options))
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-                logits = model(x)
-                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+                loss, logits = OBJECTIVES[cfg.objective](model, x, y, cfg, gen)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()

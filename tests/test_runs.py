@@ -1,5 +1,6 @@
 """fslib.runs: content-addressed runs, reuse, resume, damaged checkpoints (tiny model, tiny data)."""
 
+import dataclasses
 import json
 import warnings
 
@@ -181,3 +182,25 @@ def test_checkpoint_of_another_config_is_not_used(cache):
         assert runs._read_checkpoint(path / "checkpoint.pt", cfg) is None
     assert any("config differs" in str(w.message) and "checkpoint.pt" in str(w.message) for w in caught)
     assert (path / "checkpoint.pt.damaged").exists() and not (path / "checkpoint.pt").exists()
+
+
+def test_a_run_started_from_another_freezes_and_reinitialises_blocks(cache):
+    base = runs.get_or_train(CFG, device="cpu", progress=False, loader=toy_loader)
+    tune = dataclasses.replace(CFG, epochs=1, track_every=0, track_until=0, track_sets=(), init_from=base.cache_key,
+                               trainable=("layer2",), reinit=("classifier",))
+    assert runs.run_hash(tune) != runs.run_hash(dataclasses.replace(tune, trainable=("layer3",)))
+    tuned = runs.get_or_train(tune, device="cpu", progress=False, loader=toy_loader)
+    before, after = base.model.state_dict(), tuned.model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith(("layer2.", "classifier.")) for k in changed)  # frozen blocks bit-identical,
+    assert all(not k.startswith("layer2.") or "running" not in k or k in changed for k in before)  # BN of layer2 trains
+    fresh = runs.get_or_train(dataclasses.replace(tune, trainable=("conv1",)), device="cpu", progress=False,
+                              loader=toy_loader)
+    assert not torch.equal(fresh.model.state_dict()["classifier.weight"], before["classifier.weight"])  # re-initialised
+    assert torch.equal(fresh.model.state_dict()["classifier.weight"], after["classifier.weight"])  # ... the same way, frozen
+    with pytest.raises(ValueError, match="no finished run"):
+        runs.get_or_train(dataclasses.replace(tune, init_from="resnet18-cifar10-0000"), device="cpu", progress=False,
+                          loader=toy_loader)
+    with pytest.raises(ValueError, match="matches no parameter.*valid blocks: bn1, classifier, conv1, layer1"):
+        runs.get_or_train(dataclasses.replace(tune, trainable=("layer9",)), device="cpu", progress=False,
+                          loader=toy_loader)

@@ -6,6 +6,7 @@ import pytest
 import torch
 from toy_data import toy_loader, toy_set
 
+from fslib import augment as aug
 from fslib import train
 from fslib.inference import evaluate
 
@@ -121,3 +122,41 @@ def test_dropout_model_is_deterministic_too():
     runs = [train.Trainer(cfg, train.load_data(cfg, loader), "cpu", progress=False).fit() for _ in range(2)]
     a, b = (torch.cat([p.flatten() for p in t.model.parameters()]) for t in runs)
     assert torch.equal(a, b)
+
+
+def test_later_fields_stay_out_of_the_hash_until_set():
+    base = train.TrainConfig(**TINY)
+    assert not set(base.to_dict()) & {"objective", "init_from", "trainable", "input_augment"}
+    custom = train.TrainConfig(**TINY, objective_options={"w": 2}, trainable=["layer1"])
+    assert custom.to_dict()["objective_options"] == [["w", 2]] and custom.to_dict()["trainable"] == ["layer1"]
+    assert train.TrainConfig.from_dict(custom.to_dict()) == custom
+    for kw, match in [({"objective": "hinge"}, "unknown objective 'hinge'; valid: ce"),
+                      ({"input_augment": "mixup"}, "unknown input_augment 'mixup'; valid: none"),
+                      ({"reinit": ("linear",)}, "reinit needs init_from")]:
+        with pytest.raises(ValueError, match=match):
+            train.TrainConfig(**TINY, **kw)
+
+
+def test_registered_objective_and_input_augmentation_drive_the_step():
+    seen = {}
+
+    def doubled(model, x, y, cfg, generator):
+        logits = model(x)
+        seen["options"] = dict(cfg.objective_options)
+        return 2 * torch.nn.functional.cross_entropy(logits, y), logits
+
+    def zero_red(x, labels, generator, channel=0):
+        seen["channel"] = channel
+        return x.index_fill(1, torch.tensor([channel]), 0.0)
+
+    train.register_objective("_doubled_test", doubled)
+    aug.register_input_augment("_zero_test", zero_red)
+    try:
+        cfg = train.TrainConfig(**{**TINY, "epochs": 1}, objective="_doubled_test", objective_options={"k": 1},
+                                input_augment="_zero_test", input_augment_options={"channel": 2})
+        t = train.Trainer(cfg, train.load_data(cfg, toy_loader), "cpu", progress=False).fit()
+        assert seen == {"options": {"k": 1}, "channel": 2} and len(t.history) == 1
+        with pytest.raises(ValueError, match="already registered"):
+            train.register_objective("_doubled_test", lambda *a: a)
+    finally:
+        del train.OBJECTIVES["_doubled_test"], aug.INPUT_AUGMENTS["_zero_test"]

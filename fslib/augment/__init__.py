@@ -27,7 +27,8 @@ explicit generator: results depend only on that generator and the global RNG sta
 left untouched.
 
 Modules: :mod:`~fslib.augment.geometric` (official / flipcrop / none),
-:mod:`~fslib.augment.extra` (the registry of extra augmentations) and
+:mod:`~fslib.augment.extra` (the registry of extra augmentations), :mod:`~fslib.augment.inputs`
+(augmentations of the normalised model input) and
 :mod:`~fslib.augment.ampswap` (the amplitude swap, the book's stand-in for Stylized-ImageNet).
 """
 
@@ -37,10 +38,11 @@ import torch
 
 from fslib.augment.extra import EXTRA_AUGMENTS, ExtraAugment, extra_augment, register_extra_augment
 from fslib.augment.geometric import AUGMENTS, geometric, random_resized_crop_boxes
+from fslib.augment.inputs import INPUT_AUGMENTS, input_augment, register_input_augment
 
 __all__ = [
     "AUGMENTS", "EXTRA_AUGMENTS", "ExtraAugment", "augment_batch", "geometric", "random_resized_crop_boxes",
-    "register_extra_augment", "extra_augment",
+    "register_extra_augment", "extra_augment", "INPUT_AUGMENTS", "input_augment", "register_input_augment",
 ]
 
 
