@@ -4,13 +4,16 @@ Bad input (an unknown profile, chapter, parameter or dataset, a value that is no
 broken profile file) fails at once with a message listing the valid names and exit status
 2, before anything executes. ``run`` and ``build`` hold the checkout's lock
 (:func:`fslib.book.checkout_lock`): a second one refuses with exit status 1, naming the
-first. Ctrl-C prints one line and exits with status 130.
+first. Ctrl-C (or a SIGTERM, as from ``timeout`` or a cancelled CI job) stops the step in
+progress, cleans it up, prints one line and exits with status 130.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 
 from fslib import book, data, paths
 
@@ -50,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     paths.pin_environment()  # a relative FSLIB_CACHE / FSLIB_DATA means the same folder here and in the kernels
+    previous = _terminate_like_ctrl_c()
     try:
         if args.command == "run":
             overrides = book.parse_assignments(args.parameter)
@@ -76,12 +80,27 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(_interrupted(args.command), file=sys.stderr)
         return INTERRUPTED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 
 def _interrupted(command: str) -> str:
-    return (f"\ninterrupted: `fslib {command}` stopped by Ctrl-C; what was finished is kept, "
+    return (f"\ninterrupted: `fslib {command}` stopped (Ctrl-C or SIGTERM); what was finished is kept, "
             "the step in progress was discarded (no partial notebook or cache is left)")
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _terminate_like_ctrl_c():
+    """SIGTERM cleans up as Ctrl-C does (the kernel is shut down, partial files removed);
+    returns the handler it replaced (None outside the main thread, where nothing changes)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
 def _data(args) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import types
@@ -313,7 +314,6 @@ def test_ctrl_c_removes_the_partial_notebook_and_shuts_the_kernel_down(tmp_path,
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_a_real_ctrl_c_during_a_long_cell_stops_the_chapter_at_once(tmp_path):
-    import signal
     import threading
     import time
 
@@ -339,15 +339,22 @@ def test_a_real_ctrl_c_during_a_long_cell_stops_the_chapter_at_once(tmp_path):
     assert marker.exists() and time.monotonic() - start < 60 and not out.exists()
 
 
-def test_cli_ctrl_c_prints_one_line(monkeypatch, capsys, tmp_path):
+def test_cli_ctrl_c_or_sigterm_prints_one_line(monkeypatch, capsys, tmp_path):
+    from fslib import cli
+
     monkeypatch.setattr(book.lock, "lock_path", lambda: tmp_path / ".fslib.lock")
+    handlers = []
 
     def interrupted(*args, **kwargs):
+        handlers.append(signal.getsignal(signal.SIGTERM))
         raise KeyboardInterrupt
 
     monkeypatch.setattr(book, "run_chapters", interrupted)
+    before = signal.getsignal(signal.SIGTERM)
     code, err = _cli("run", "--profile", "smoke", "--chapter", str(CHAPTERS[0].number), capsys=capsys)
     assert code == 130 and [line for line in err.splitlines() if line] == [err.strip()] and "Ctrl-C" in err
+    assert handlers == [cli._raise_interrupt]  # while running, a SIGTERM cleans up as Ctrl-C does
+    assert signal.getsignal(signal.SIGTERM) is before  # and the handler is put back
 
 
 def test_a_second_run_in_the_same_checkout_is_refused_naming_the_first(tmp_path, monkeypatch, capsys):
