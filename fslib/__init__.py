@@ -4,7 +4,8 @@ The library behind *fsbook*, a reproduction of Wang et al., "What do neural netw
 learn in image classification? A frequency shortcut perspective" (ICCV 2023). One concept
 per module, in layers that import only from the layers above them:
 
-* foundations: :mod:`~fslib.paths`, :mod:`~fslib.io`, :mod:`~fslib.device`,
+* foundations: :mod:`~fslib.paths`, :mod:`~fslib.io`, :mod:`~fslib.artefacts` (verified
+  caches), :mod:`~fslib.device`,
   :mod:`~fslib.constants`, :mod:`~fslib.spectral` (Fourier conventions, bands),
   :mod:`~fslib.images` (``LabeledImages``), :mod:`~fslib.models`, :mod:`~fslib.inference`
   (the one way to run a model; the ``Analysable`` protocol);

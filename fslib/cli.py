@@ -3,20 +3,27 @@
 ``train`` also runs under ``torchrun --nproc-per-node N -m fslib train ...`` (one process per GPU,
 or per CPU process with gloo): the processes train one run together (:mod:`fslib.distributed`).
 
-Bad input (an unknown profile, chapter, parameter or dataset) fails at once with a message
-listing the valid names and exit status 2, before anything executes.
+Bad input (an unknown profile, chapter, parameter or dataset, a value that is not YAML, a
+broken profile file) fails at once with a message listing the valid names and exit status
+2, before anything executes. ``run`` and ``build`` hold the checkout's lock
+(:func:`fslib.book.checkout_lock`): a second one refuses with exit status 1, naming the
+first. Ctrl-C (or a SIGTERM, as from ``timeout`` or a cancelled CI job) stops the step in
+progress, cleans it up, prints one line and exits with status 130.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 
-from fslib import book, data, distributed, recipes, runs, train
+from fslib import book, data, distributed, paths, recipes, runs, train
 
 USAGE_ERROR = 2
+INTERRUPTED = 130  # as a shell reports a process stopped by SIGINT
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -92,13 +99,17 @@ def _train(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    paths.pin_environment()  # a relative FSLIB_CACHE / FSLIB_DATA means the same folder here and in the kernels
+    previous = _terminate_like_ctrl_c()
     try:
         if args.command == "run":
             overrides = book.parse_assignments(args.parameter)
             plans = book.plan_run(args.profile, args.chapter, overrides)
-            book.run_chapters(plans, args.profile, force=args.force)
+            with book.checkout_lock(f"fslib run --profile {args.profile}"):
+                book.run_chapters(plans, args.profile, force=args.force)
         elif args.command == "build":
-            index = book.build(all_pages=args.all, strict=not args.no_strict, keep_going=args.keep_going, output=args.output)
+            with book.checkout_lock("fslib build"):
+                index = book.build(all_pages=args.all, strict=not args.no_strict, keep_going=args.keep_going, output=args.output)
             print(f"[fslib] book built: {index}")
         elif args.command == "profiles":
             for name in book.available_profiles():
@@ -112,10 +123,33 @@ def main(argv: list[str] | None = None) -> int:
     except book.UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return USAGE_ERROR
-    except book.ChapterFailed as exc:
+    except (book.ChapterFailed, book.Busy) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(_interrupted(args.command), file=sys.stderr)
+        return INTERRUPTED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _interrupted(command: str) -> str:
+    return (f"\ninterrupted: `fslib {command}` stopped (Ctrl-C or SIGTERM); what was finished is kept, "
+            "the step in progress was discarded (no partial notebook or cache is left)")
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _terminate_like_ctrl_c():
+    """SIGTERM cleans up as Ctrl-C does (the kernel is shut down, partial files removed);
+    returns the handler it replaced (None outside the main thread, where nothing changes)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
 def _data(args) -> int:
@@ -125,7 +159,7 @@ def _data(args) -> int:
     if args.name not in data.DATASETS:
         print(f"error: unknown dataset {args.name!r}; valid: {', '.join(data.DATASETS)}", file=sys.stderr)
         return USAGE_ERROR
-    kwargs = {"resolution": args.resolution} if args.resolution else {}
+    kwargs = {"resolution": args.resolution} if args.resolution is not None else {}  # 0 is an error, not "default"
     try:
         data.prepare(args.name, **kwargs)
     except data.DataError as exc:

@@ -53,4 +53,9 @@ class DatasetNotFound(DataError, FileNotFoundError):
 
 
 class ArchiveCorrupt(DataError, ValueError):
-    """An archive does not have the expected sha256 (truncated, corrupt or another file)."""
+    """An archive does not have the expected sha256 (truncated, corrupt or another file), or a
+    member fails its zip CRC check while being decoded."""
+
+
+class NotEnoughSpace(DataError, OSError):
+    """The disk holding the cache has not enough free space for what is being written."""

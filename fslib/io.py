@@ -22,15 +22,27 @@ import numpy as np
 import torch
 
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it; put it straight back
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()  # read once, at import: os.umask is process-wide and not thread-safe
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed onto ``path``.
 
-    On error the temporary file is removed and ``path`` keeps its previous content.
+    On error the temporary file is removed and ``path`` keeps its previous content. The
+    file gets the mode a plain ``open(path, "w")`` would give (``0o666`` less the umask),
+    not the ``0o600`` of :func:`tempfile.mkstemp`.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_UMASK)
     os.close(fd)
     tmp_path = Path(tmp)
     try:

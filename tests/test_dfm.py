@@ -258,9 +258,44 @@ def test_bad_inputs_name_the_problem():
     with pytest.raises(ValueError, match="labels must lie"):
         dfm.ablation_loss(model, images, labels + 1, 3, progress=False)
     with pytest.raises(ValueError, match=r"classes \[3\] have no images"):
-        dfm.ablation_loss(model, images, labels, 4, progress=False)
+        dfm.ablation_loss(TinyNet(num_classes=4).double(), images, labels, 4, progress=False)
     with pytest.raises(ValueError, match="float tensor"):
         dfm.ablation_loss(model, images.to(torch.uint8), labels, 3, progress=False)
+
+
+def test_num_classes_that_is_not_the_models_output_count_is_named():
+    model = TinyNet().double()  # 3 outputs
+    images, labels = data(8, 8)
+    # was "classes [3] have no images" / an internal "Target 3 is out of bounds"
+    for call in (lambda n: dfm.ablation_loss(model, images, labels, n, progress=False),
+                 lambda n: dfm.class_losses(model, images, labels, n),
+                 lambda n: dfm.ablation_loss(model, images, labels % n, n, progress=False)):
+        for n in (2, 4):
+            with pytest.raises(ValueError, match=rf"logits of shape \(\d+, 3\) .* but num_classes={n}: .*outputs \(3\)"):
+                call(n)
+    with pytest.raises(ValueError, match=r"dfms holds 2 class maps"):
+        dfm.evaluate_dfms(model, images, labels % 2, torch.ones(2, 8, 8, dtype=torch.bool), n_boot=0, n_null=0,
+                          progress=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.bfloat16])
+def test_images_in_another_dtype_than_the_model_are_named(dtype):
+    images, labels = data(8, 8, dtype=dtype)
+    with pytest.raises(TypeError, match=f"images are {dtype} but the model's parameters are torch.float64"):
+        dfm.ablation_loss(TinyNet().double(), images, labels, 3, progress=False)
+    with pytest.raises(TypeError, match=f"images are {dtype} but the model's parameters are torch.float64"):
+        dfm.evaluate_dfms(TinyNet().double(), images, labels, torch.ones(3, 8, 8, dtype=torch.bool), progress=False)
+
+
+def test_a_nan_pixel_is_an_error_not_nan_maps():
+    images, labels = data(8, 8)
+    images[4, 1, 2, 3] = float("nan")
+    images[6, 0, 0, 0] = float("inf")
+    for call in (lambda: dfm.ablation_loss(TinyNet().double(), images, labels, 3, progress=False),
+                 lambda: dfm.class_losses(TinyNet().double(), images, labels, 3),
+                 lambda: dfm.evaluate_dfms(TinyNet().double(), images, labels, torch.ones(3, 8, 8, dtype=torch.bool))):
+        with pytest.raises(ValueError, match=r"2 NaN or infinite values \(first in image 4\)"):
+            call()
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -284,6 +319,16 @@ def test_checkpoint_resume_gives_identical_maps(tmp_path):
     model.fail_after, model.calls = 0, 0
     again = dfm.ablation_loss(model, images, labels, 3, device="cpu", progress=False, checkpoint=ckpt)
     assert torch.equal(again, full)
+
+
+def test_damaged_checkpoint_is_set_aside_and_the_ablation_restarts(tmp_path):
+    images, labels = data(8, 8)
+    ckpt = tmp_path / "abl.npz"
+    full = dfm.ablation_loss(TinyNet().double(), images, labels, 3, device="cpu", progress=False, checkpoint=ckpt)
+    ckpt.write_bytes(ckpt.read_bytes()[:300])  # truncated: was a BadZipFile naming no file
+    with pytest.warns(dfm.ArtefactWarning, match=r"abl\.npz is unusable .*moved to abl\.npz\.damaged"):
+        again = dfm.ablation_loss(TinyNet().double(), images, labels, 3, device="cpu", progress=False, checkpoint=ckpt)
+    assert torch.equal(again, full) and (tmp_path / "abl.npz.damaged").exists()
 
 
 def test_mismatched_checkpoint_is_an_error_naming_what_differs(tmp_path):
@@ -384,6 +429,14 @@ def test_save_and_load_round_trip_without_pickle(tmp_path):
     assert torch.equal(saved.loss_maps, maps)
     assert set(saved.dfms) == {0.05, 0.2} and all(torch.equal(saved.dfms[t], dfms[t]) for t in dfms)
     assert saved.provenance == {**prov, "thresholds": [0.05, 0.2]}
+    path.write_bytes(path.read_bytes()[:500])
+    with pytest.raises(dfm.ArtefactDamaged, match=r"dfm\.npz is damaged: its sha256"):
+        dfm.load_dfms(path)
+    dfm.save_dfms(path, maps, dfms, prov)
+    (tmp_path / "dfm.npz.sha256").unlink()  # a file of your own, without a digest: a clear error all the same
+    path.write_bytes(path.read_bytes()[:500])
+    with pytest.raises(dfm.ArtefactDamaged, match=r"dfm\.npz is damaged: cannot be read \(BadZipFile"):
+        dfm.load_dfms(path)
 
 
 def test_config_defaults_are_the_papers_and_bad_values_are_named():
@@ -489,6 +542,27 @@ def test_run_shortcut_test_is_evaluate_dfms_on_normalised_images_and_is_cached(c
     assert model.calls == 0
     with pytest.raises(RuntimeError, match="simulated"):  # another seed is another key: computed anew
         dfm.run_shortcut_test(run, images, labels, dfms, **{**kw, "config": config.with_(seed=2)})
+
+
+def test_damaged_dfm_cache_and_test_table_are_computed_again(cache, tmp_path):
+    model = TinyNet()
+    run = FakeRun(tmp_path / "runs" / "tiny-cifar10-0123", model)
+    images, labels = uint8_data(8, 8)
+    config = dfm.DFMConfig(thresholds=(0.05,), n_boot=20, n_null=2)
+    kw = dict(config=config, device="cpu", progress=False)
+    first = dfm.run_dfms(run, images, labels, **kw)
+    table = dfm.run_shortcut_test(run, images, labels, first.dfms[0.05], **kw)
+    path = dfm.dfm_cache_path(run, images, labels, config)
+    csv = next(path.parent.glob("*-test-*.csv"))
+    path.write_bytes(path.read_bytes()[:400])
+    csv.write_text(csv.read_text().replace("0.", "9.", 1))
+    with pytest.warns(dfm.ArtefactWarning) as caught:
+        again = dfm.run_dfms(run, images, labels, **kw)
+        table_again = dfm.run_shortcut_test(run, images, labels, again.dfms[0.05], **kw)
+    messages = " ".join(str(w.message) for w in caught)
+    assert f"{path} is unusable" in messages and f"{csv} is unusable" in messages and "computed again" in messages
+    assert torch.equal(again.loss_maps, first.loss_maps) and table_again.equals(table)
+    assert not list(path.parent.glob("*.partial.npz*"))  # the partial ranking and its record are removed
 
 
 def test_rank_score_split_is_disjoint_balanced_and_checked():

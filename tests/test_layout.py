@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1] / "fslib"
 
 # Each module's layer; a module may import only from its own layer or the layers above (lower numbers).
 LAYERS = {
-    0: ["paths", "io", "device", "distributed", "constants", "spectral", "images", "models", "inference"],
+    0: ["paths", "io", "artefacts", "device", "distributed", "constants", "spectral", "images", "models", "inference"],
     1: ["synthetic", "data"],
     2: ["augment", "tracking", "train", "recipes", "runs"],
     3: ["metrics", "stability", "dfm"],

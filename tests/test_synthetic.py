@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -242,6 +243,12 @@ def test_cache_is_written_and_read_back(tmp_path, monkeypatch):
     synthetic.load("syn_b4", "test", 16, seed=4, config=SMALL)
     synthetic.load("syn_b4", "test", 16, seed=3, config=synthetic.SyntheticConfig(chunk=64, noise_std=0.0))
     assert len(list((tmp_path / "synthetic").glob("*.npz"))) == 3
+    data = bytearray(files[0].read_bytes())
+    data[-200] ^= 0x04  # a flipped bit in the cached images: detected, set aside, generated again
+    files[0].write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match=re.escape(files[0].name) + r" is unusable .*generated again"):
+        c = synthetic.load("syn_b4", "test", 16, seed=3, config=SMALL)
+    assert torch.equal(a[0], c[0]) and files[0].with_name(files[0].name + ".damaged").exists()
 
 
 def test_load_labeled():

@@ -8,6 +8,8 @@
   ``book/executed/`` (cached per profile).
 * :mod:`~fslib.book.site`: :func:`build` writes the reproducibility appendix and runs
   ``jupyter-book build``; :mod:`~fslib.book.htmlcheck` checks the built HTML.
+* :mod:`~fslib.book.lock`: :func:`checkout_lock`, one ``run`` or ``build`` at a time per
+  checkout.
 
 This is tooling around the science library: nothing in :mod:`fslib` outside this package
 imports it.
@@ -22,13 +24,21 @@ from fslib.book.chapters import (
     discover_chapters,
     select_chapters,
 )
+from fslib.book.lock import Busy, checkout_lock
 from fslib.book.profiles import Plan, available_profiles, load_profile, parse_assignments, plan_run
-from fslib.book.runner import RUN_RECORDS, library_fingerprint, plain_scalar_text, run_chapters, run_settings_markdown
+from fslib.book.runner import (
+    RUN_RECORDS,
+    library_fingerprint,
+    plain_scalar_text,
+    read_run_records,
+    run_chapters,
+    run_settings_markdown,
+)
 from fslib.book.site import build, reproducibility_markdown, toc_files
 
 __all__ = [
     "CHAPTER_PATTERN", "Chapter", "ChapterFailed", "UsageError", "chapter_parameters", "discover_chapters",
     "select_chapters", "Plan", "available_profiles", "load_profile", "parse_assignments", "plan_run", "RUN_RECORDS",
     "library_fingerprint", "plain_scalar_text", "run_chapters", "run_settings_markdown", "build",
-    "reproducibility_markdown", "toc_files",
+    "reproducibility_markdown", "toc_files", "Busy", "checkout_lock", "read_run_records",
 ]

@@ -25,12 +25,26 @@ def load_profile(name: str) -> dict[str, Any]:
     valid = available_profiles()
     if name not in valid:
         raise UsageError(f"unknown profile {name!r}; valid profiles: {', '.join(valid)}")
-    with open(paths.profiles_dir() / f"{name}.yml", encoding="utf-8") as fh:
-        data = yaml.safe_load(fh) or {}
+    data = _read_yaml(paths.profiles_dir() / f"{name}.yml")
     chapters = data.get("chapters") or {}
     if not isinstance(chapters, dict) or not all(isinstance(v, dict) for v in chapters.values()):
         raise UsageError(f"profile {name!r}: 'chapters' must map chapter names to parameter overrides")
     return {"name": name, "description": data.get("description", ""), "chapters": chapters}
+
+
+def _read_yaml(path) -> dict[str, Any]:
+    """A profile file's mapping; a file that is not valid YAML or not a mapping is a UsageError naming it."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except yaml.YAMLError as exc:
+        raise UsageError(f"profile file {path} is not valid YAML: {' '.join(str(exc).split())}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UsageError(f"profile file {path} must be a mapping with 'description' and 'chapters' at its top level, "
+                         f"not a {type(data).__name__}")
+    return data
 
 
 def parse_assignments(items: Iterable[str]) -> dict[str, Any]:
@@ -40,7 +54,12 @@ def parse_assignments(items: Iterable[str]) -> dict[str, Any]:
         name, sep, value = item.partition("=")
         if not sep or not name.strip().isidentifier():
             raise UsageError(f"bad parameter {item!r}; expected name=value, e.g. -p epochs=3")
-        out[name.strip()] = yaml.safe_load(value)
+        try:
+            out[name.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            problem = str(getattr(exc, "problem", None) or exc).strip()
+            raise UsageError(f"bad parameter value in -p {item!r}: not a YAML value ({problem}); "
+                             "e.g. -p 'seeds=[0, 1]', -p lr=0.1, -p model=resnet18") from None
     return out
 
 

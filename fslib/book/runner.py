@@ -5,6 +5,13 @@ papermill and writes ``book/executed/NN_name.ipynb`` (the file ``_toc.yml`` poin
 with the injected-parameters cell hidden and a "Run settings" box added. Executed
 notebooks are cached per profile, keyed by the chapter source, its parameters and the
 fslib sources: a second run with nothing changed copies them back in a second.
+
+The cached notebooks, the executed ones and the run records (``book/executed/runs.json``)
+carry digest records (:mod:`fslib.artefacts`): a damaged cached notebook is moved aside and
+the chapter executed again; damaged run records are moved aside and rebuilt from the
+executed notebooks' metadata. Each kernel talks over IPC sockets in a private temporary
+folder, removed after the chapter, so two runs never share a socket. Ctrl-C stops the
+chapter, shuts its kernel down and leaves no partial notebook.
 """
 
 from __future__ import annotations
@@ -14,14 +21,16 @@ import hashlib
 import os
 import re
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from fslib import __version__, paths
+from fslib import __version__, artefacts, paths
+from fslib.artefacts import ArtefactDamaged
 from fslib.book.chapters import Chapter, ChapterFailed
 from fslib.book.profiles import Plan
-from fslib.io import atomic_path, read_json, stable_hash, write_json
+from fslib.io import atomic_path, stable_hash
 
 RUN_RECORDS = "runs.json"
 
@@ -132,15 +141,60 @@ def _finalise(nb_path: Path, plan: Plan, profile: str, device: str, seconds: flo
         nbformat.write(nb, tmp)
 
 
-def _record(chapter: Chapter, meta: dict[str, Any]) -> None:
+def read_run_records(log=print) -> dict[str, dict[str, Any]]:
+    """``book/executed/runs.json``: one record per executed chapter (``{}`` when none yet).
+
+    Damaged records are moved aside (``runs.json.damaged``) and rebuilt from the metadata
+    of the executed notebooks, which hold the same record.
+    """
+    import nbformat
+
     path = paths.executed_dir() / RUN_RECORDS
-    records = read_json(path) if path.exists() else {}
+    if not path.exists():
+        return {}
+    try:
+        records = artefacts.read_json(path)
+        if not isinstance(records, dict):
+            raise ArtefactDamaged(path, f"it holds a {type(records).__name__}, not a mapping")
+        return records
+    except ArtefactDamaged as exc:
+        aside = artefacts.set_aside(path)
+        log(f"[fslib] {exc.path} is damaged ({exc.reason}); moved to {aside.name}, rebuilt from the executed notebooks")
+    records = {}
+    for nb_path in sorted(paths.executed_dir().glob("[0-9][0-9]_*.ipynb")):
+        try:
+            meta = nbformat.read(nb_path, as_version=4).metadata.get("fsbook")
+        except Exception:  # noqa: BLE001 - an unreadable notebook has no record to give
+            continue
+        if meta:
+            records[nb_path.stem] = meta
+    artefacts.write_json(path, records)
+    return records
+
+
+def _record(chapter: Chapter, meta: dict[str, Any]) -> None:
+    records = read_run_records()
     records[chapter.stem] = meta
-    write_json(path, records)
+    artefacts.write_json(paths.executed_dir() / RUN_RECORDS, records)
 
 
 def _cached_notebook(profile: str, chapter: Chapter) -> Path:
     return paths.cache_dir("executed", profile) / f"{chapter.stem}.ipynb"
+
+
+def _cached_metadata(cached: Path, log) -> dict[str, Any] | None:
+    """The fsbook metadata of a cached executed notebook; None when there is none or it is damaged
+    (then it is moved aside, and the chapter executes again)."""
+    import nbformat
+
+    if not cached.exists():
+        return None
+    try:
+        return artefacts.load(cached, lambda b: nbformat.reads(b.decode("utf-8"), as_version=4)).metadata.get("fsbook", {})
+    except ArtefactDamaged as exc:
+        aside = artefacts.set_aside(cached)
+        log(f"[fslib] cached notebook {cached} is damaged ({exc.reason}); moved to {aside.name}, executing the chapter")
+        return None
 
 
 def run_chapters(plans: list[Plan], profile: str, *, force: bool = False, log=print) -> list[dict[str, Any]]:
@@ -153,8 +207,10 @@ def run_chapters(plans: list[Plan], profile: str, *, force: bool = False, log=pr
     import nbformat
     import papermill
 
+    paths.pin_environment()  # the kernels run in book/: a relative FSLIB_CACHE must mean the same folder there
     out_dir = paths.executed_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
+    read_run_records(log)  # damaged records are rebuilt now, not after the chapters ran
     # the kernel inherits this process's environment: a non-interactive MPLBACKEND (e.g. Agg)
     # would silently drop every figure from the executed notebooks
     os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
@@ -163,11 +219,10 @@ def run_chapters(plans: list[Plan], profile: str, *, force: bool = False, log=pr
         chapter = plan.chapter
         key = _execution_key(plan, profile)
         cached = _cached_notebook(profile, chapter)
-        if not force and cached.exists():
-            meta = nbformat.read(cached, as_version=4).metadata.get("fsbook", {})
+        meta = None if force else _cached_metadata(cached, log)
+        if meta is not None:
             if meta.get("key") == key:
-                with atomic_path(chapter.executed_path) as tmp:
-                    shutil.copyfile(cached, tmp)
+                artefacts.copy_file(cached, chapter.executed_path)
                 _record(chapter, {**meta, "cached": True})
                 log(f"[fslib] {chapter.stem}: up to date (profile {profile}, executed {meta.get('executed')})")
                 records.append({**meta, "chapter": chapter.stem, "cached": True})
@@ -189,11 +244,10 @@ def run_chapters(plans: list[Plan], profile: str, *, force: bool = False, log=pr
         seconds = time.perf_counter() - start
         _finalise(work, plan, profile, device, seconds, key)
         for target in (cached, chapter.executed_path):
-            with atomic_path(target) as tmp:
-                shutil.copyfile(work, tmp)
+            artefacts.copy_file(work, target)
+        meta = nbformat.read(work, as_version=4).metadata["fsbook"]
         work.unlink()
         partial.unlink(missing_ok=True)
-        meta = nbformat.read(cached, as_version=4).metadata["fsbook"]
         _record(chapter, {**meta, "cached": False})
         log(f"[fslib] {chapter.stem}: done in {seconds:.0f} s")
         records.append({**meta, "chapter": chapter.stem, "cached": False})
@@ -203,17 +257,39 @@ def run_chapters(plans: list[Plan], profile: str, *, force: bool = False, log=pr
 def _papermill(nb, out: Path, parameters: dict[str, Any], cwd: Path) -> None:
     """Execute ``nb`` into ``out`` with papermill on a ``python3`` kernel.
 
-    On POSIX the kernel talks over IPC sockets in Jupyter's runtime directory instead of
-    unencrypted local TCP ports (ipykernel warns about those at every start); papermill then
-    does not own the kernel manager, so the kernel is shut down here.
+    On POSIX the kernel talks over IPC sockets instead of unencrypted local TCP ports
+    (ipykernel warns about those at every start), in a private temporary folder of this run
+    (:func:`_socket_folder`) that is removed afterwards; papermill then does not own the
+    kernel manager, so the kernel is shut down here, also on Ctrl-C (which removes ``out``).
+    The manager is asynchronous, as the one nbclient makes for itself: with a blocking one,
+    nbclient waits for a cell's reply inside its event loop, so neither Ctrl-C nor a dead
+    kernel would be noticed until the cell ends.
     """
     import papermill
-    from jupyter_client.manager import KernelManager
+    from jupyter_client.manager import AsyncKernelManager
+    from jupyter_core.utils import run_sync
 
-    km = KernelManager(kernel_name="python3", transport="ipc" if os.name == "posix" else "tcp")
+    ipc = os.name == "posix"
+    sockets = _socket_folder() if ipc else None
+    km = AsyncKernelManager(kernel_name="python3", transport="ipc" if ipc else "tcp")
+    if sockets is not None:
+        km.ip = str(sockets / "kernel")  # absolute: the default "kernel-ipc" is relative to each process's cwd
     try:
         papermill.execute_notebook(nb, str(out), parameters=parameters, kernel_name="python3",
                                    cwd=str(cwd), progress_bar=False, km=km)
+    except KeyboardInterrupt:
+        Path(out).unlink(missing_ok=True)
+        raise
     finally:
         if km.has_kernel:
-            km.shutdown_kernel(now=True)
+            run_sync(km.shutdown_kernel)(now=True)
+        if sockets is not None:
+            shutil.rmtree(sockets, ignore_errors=True)
+
+
+def _socket_folder() -> Path:
+    """A new private folder for one kernel's IPC sockets (short: a socket path has at most 107 bytes)."""
+    base = tempfile.gettempdir()
+    if len(base) > 60:
+        base = "/tmp"
+    return Path(tempfile.mkdtemp(prefix="fslib-kernel-", dir=base))

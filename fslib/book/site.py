@@ -11,10 +11,11 @@ from typing import Any
 
 import yaml
 
-from fslib import __version__, paths
+from fslib import __version__, artefacts, paths
+from fslib.artefacts import ArtefactDamaged
 from fslib.book.chapters import UsageError, discover_chapters
-from fslib.book.runner import RUN_RECORDS
-from fslib.io import atomic_write_text, read_json
+from fslib.book.runner import read_run_records
+from fslib.io import atomic_write_text
 
 
 def _git_commit() -> str:
@@ -97,14 +98,26 @@ def toc_files() -> list[str]:
     return files
 
 
+def _check_executed() -> None:
+    """Every executed notebook matches the digest written with it (UsageError naming the damaged ones)."""
+    damaged = []
+    for chapter in discover_chapters():
+        try:
+            artefacts.verify(chapter.executed_path)
+        except ArtefactDamaged as exc:
+            damaged.append(f"{exc} Restore it with `python -m fslib run --chapter {chapter.number}`.")
+    if damaged:
+        raise UsageError("\n".join(damaged))
+
+
 def build(*, all_pages: bool = False, strict: bool = True, keep_going: bool = False, output: str | None = None) -> Path:
     """Write the appendix, check every chapter was executed, run ``jupyter-book build``."""
     root = paths.repo_root()
-    records_path = paths.executed_dir() / RUN_RECORDS
-    records = read_json(records_path) if records_path.exists() else {}
+    records = read_run_records()
     missing = [c.stem for c in discover_chapters() if not c.executed_path.exists()]
     if missing:
         raise UsageError(f"chapters not executed yet: {', '.join(missing)}; run `python -m fslib run` first")
+    _check_executed()
     atomic_write_text(paths.executed_dir() / "reproducibility.md", reproducibility_markdown(records))
     cmd = [sys.executable, "-c", "import sys; from jupyter_book.cli.main import main; sys.exit(main())", "build", str(root)]
     if output:

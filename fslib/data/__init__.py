@@ -26,7 +26,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from fslib.data.cache import PREP_VERSION, _locate, _open_cache, _prepare_split, balanced_subset
+from fslib.artefacts import ArtefactDamaged, ArtefactWarning
+from fslib.data.cache import PREP_VERSION, _locate, _open_cache, _prepare_split, _verify_prepared, balanced_subset
 from fslib.data.registry import (
     CUE_SUBFOLDERS,
     DATASETS,
@@ -40,13 +41,13 @@ from fslib.data.registry import (
     _spec,
 )
 from fslib.data.sources import _open_source
-from fslib.images import ArchiveCorrupt, DataError, DatasetNotFound, LabeledImages
+from fslib.images import ArchiveCorrupt, DataError, DatasetNotFound, LabeledImages, NotEnoughSpace
 from fslib.paths import data_root
 from fslib import synthetic
 
 __all__ = [
     "DATASETS", "EXPECTED_SHA256", "IMAGE_RESOLUTIONS", "RESIZE", "CUE_SUBFOLDERS", "PREP_VERSION", "DatasetSpec",
-    "LabeledImages", "DataError", "DatasetNotFound", "ArchiveCorrupt",
+    "LabeledImages", "DataError", "DatasetNotFound", "ArchiveCorrupt", "NotEnoughSpace", "ArtefactWarning",
     "load", "prepare", "status", "format_status", "balanced_subset",
 ]
 
@@ -101,7 +102,12 @@ def load(name: str, split: str | None = None, *, n: int | None = None, resolutio
     DatasetNotFound
         The files are missing; the message says where to put them and the alternatives.
     ArchiveCorrupt
-        The archive's sha256 is not the expected one.
+        The archive's sha256 is not the expected one, or a member fails its zip CRC check.
+    NotEnoughSpace
+        The cache's disk has not enough room for the preparation (nothing is left behind).
+
+    A prepared cache is checked against the digests written with it; a damaged one is moved
+    aside with an :class:`~fslib.artefacts.ArtefactWarning` naming the file and prepared again.
     """
     spec = _spec(name)
     split, size = _check_args(spec, split, resolution, root, download, all_classes)
@@ -127,27 +133,33 @@ def prepare(name: str, split: str | None = None, *, resolution: int | None = Non
     return [_prepare_split(spec, s, size, root, download, all_classes, progress) for s in ([split] if split else spec.splits)]
 
 
-def status() -> list[dict]:
-    """Status of every natural-image dataset, one dict per dataset.
+def status(recheck: bool = True) -> list[dict]:
+    """Status of every natural-image dataset, one dict per dataset. Changes nothing.
 
     Keys: ``name``; ``source`` (archive file or environment variable); ``found`` (bool);
     ``path`` (str or None); ``sha256_ok`` (True/False for an archive, None when not
-    applicable or not found); ``prepared`` (list of ``"split@resolution"`` caches that
-    exist for the current source, default options); ``error`` (str or None).
+    applicable or not found: with ``recheck`` every archive is hashed now, about 0.4 s for
+    the four archives, because bit rot keeps a file's size and mtime); ``prepared`` (list
+    of ``"split@resolution"`` caches that exist for the current source, default options,
+    and match their digests); ``damaged`` (the same for caches that do not: the next load
+    prepares them again); ``error`` (str or None).
     """
     rows = []
     for name, spec in DATASETS.items():
         if name in _SYN:
             continue
         row = {"name": name, "source": spec.archive or spec.root_env, "found": False, "path": None,
-               "sha256_ok": None, "prepared": [], "error": None}
+               "sha256_ok": None, "prepared": [], "damaged": [], "error": None}
         try:
-            src = _open_source(spec, None, False)
+            src = _open_source(spec, None, False, recheck=recheck)
             row.update(found=True, path=str(src.path), sha256_ok=True if src.kind == "zip" else None)
             for split in spec.splits:
                 for size in spec.resolutions:
-                    if (_locate(spec, src, split, size, _options(spec, False))[0] / "meta.json").exists():
-                        row["prepared"].append(f"{split}@{size}")
+                    try:
+                        if _verify_prepared(_locate(spec, src, split, size, _options(spec, False))[0]) is not None:
+                            row["prepared"].append(f"{split}@{size}")
+                    except ArtefactDamaged:
+                        row["damaged"].append(f"{split}@{size}")
         except ArchiveCorrupt as exc:
             row.update(found=True, path=str(data_root() / spec.archive), sha256_ok=False, error=str(exc))
         except DataError as exc:
@@ -162,7 +174,7 @@ def format_status(rows: list[dict]) -> str:
     table = [head] + [(
         r["name"], "yes" if r["found"] else "no",
         {True: "ok", False: "MISMATCH", None: "-"}[r["sha256_ok"]],
-        ", ".join(r["prepared"]) or "-",
+        ", ".join(r["prepared"] + [f"{d} DAMAGED (prepared again on next load)" for d in r.get("damaged", [])]) or "-",
         (r["path"] or "") if not r["error"] else (r["path"] + ": " if r["path"] else "") + r["error"],
     ) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(head) - 1)]

@@ -1,14 +1,23 @@
 """Prepared datasets: decoded once into uint8 arrays, memory-mapped on every later load.
 
 The cache lives in ``fslib.paths.cache_dir("prepared")/<name>-<split>-<resolution>-<key>/``
-(``images.npy`` (N, 3, H, W) uint8, ``labels.npy``, ``extra.npz``, ``meta.json``), keyed by
-the source's checksum (or a folder's file list) and the preparation arguments. It is written
-into a temporary folder and renamed into place, so an interrupted preparation leaves no half
-cache behind.
+(``images.npy`` (N, 3, H, W) uint8, ``labels.npy``, ``extra.npz``, ``meta.json``, and
+``SHA256SUMS``, their digests), keyed by the source's checksum (or a folder's file list) and
+the preparation arguments. It is written into a temporary folder and renamed into place, so
+an interrupted preparation leaves no half cache behind; the free space is checked and the
+images file allocated before anything is decoded, so a full disk is a clear
+:class:`~fslib.images.NotEnoughSpace` (and the temporary folder is removed), not a SIGBUS.
+
+Every load checks the folder against ``SHA256SUMS`` (about 0.3 s for CIFAR-10's 184 MB,
+once per process; :mod:`fslib.artefacts`): a damaged preparation is moved aside
+(``<folder>.damaged``) with a warning naming the file, and prepared again. A folder written
+before digests existed is checked for its structure (shapes, sizes, readable records) and
+its digests are recorded.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import secrets
@@ -17,15 +26,19 @@ from pathlib import Path
 from typing import Any, Callable
 import numpy as np
 import torch
+from fslib import artefacts
+from fslib.artefacts import FOLDER_RECORD, ArtefactDamaged
 from fslib.io import load_npz, read_json, save_npz, stable_hash, write_json
 from fslib.paths import cache_dir
 from fslib.data.layouts import _Plan, _plan
 from fslib.data.registry import DatasetSpec, RESIZE, _options
 from fslib.data.sources import _Source, _cifar10_torchvision, _open_source
-from fslib.images import LabeledImages
+from fslib.images import LabeledImages, NotEnoughSpace
 
 
 PREP_VERSION = 1  # bump when decoding or resizing changes: old caches are then ignored
+FILES = ("images.npy", "labels.npy", "extra.npz", "meta.json")  # what SHA256SUMS lists
+SPACE_MARGIN = 64 << 20  # bytes beyond the arrays: meta.json's file list, extra.npz, the file system
 
 
 def _decode(data: bytes, size: int) -> tuple[np.ndarray, bool]:
@@ -64,20 +77,47 @@ def _clean_stale(parent: Path, stem: str) -> None:
             pass
 
 
+def _check_space(folder: Path, needed: int, what: str) -> None:
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise NotEnoughSpace(
+            f"not enough disk space to prepare {what} in {folder}: it needs about {needed / 1e6:,.0f} MB, "
+            f"{free / 1e6:,.0f} MB are free. Free some space, or set FSLIB_CACHE to a folder on a larger disk.")
+
+
+def _allocate(file: Path) -> None:
+    """Reserve the blocks of a sparse memory-mapped file now: writing into a hole of a full disk
+    through a memory map kills the process with SIGBUS instead of raising."""
+    if not hasattr(os, "posix_fallocate"):  # macOS, Windows: the free-space check is all we have
+        return
+    fd = os.open(file, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):  # a file system without fallocate
+            raise
+    finally:
+        os.close(fd)
+
+
 def _write_cache(final: Path, n: int, size: int, fill: Callable[[np.ndarray], dict], labels: np.ndarray,
                  arrays: dict[str, np.ndarray], meta: dict) -> None:
     """Write a prepared dataset into a temporary folder, then rename it to ``final``."""
     _clean_stale(final.parent, final.name)
+    needed = n * 3 * size * size + 8 * n + SPACE_MARGIN
+    _check_space(final.parent, needed, final.name)
     tmp = final.parent / f".tmp-{final.name}-{os.getpid()}-{secrets.token_hex(4)}"
     tmp.mkdir(parents=True)
     try:
         images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, 3, size, size))
+        _allocate(tmp / "images.npy")
         meta = {**meta, **fill(images)}
         images.flush()
         del images
         np.save(tmp / "labels.npy", labels.astype(np.int64))
         save_npz(tmp / "extra.npz", **arrays)
         write_json(tmp / "meta.json", meta)
+        artefacts.seal_folder(tmp, FILES)
         if final.exists() and not (final / "meta.json").exists():  # not written by fslib: replace it
             shutil.rmtree(final)
         try:
@@ -85,8 +125,62 @@ def _write_cache(final: Path, n: int, size: int, fill: Callable[[np.ndarray], di
         except OSError:
             if not (final / "meta.json").exists():  # not a concurrent preparation that won
                 raise
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise NotEnoughSpace(
+                f"the disk filled up while preparing {final.name} in {final.parent} ({exc.strerror}): it needs about "
+                f"{needed / 1e6:,.0f} MB. The partial preparation was removed; free some space, or set FSLIB_CACHE "
+                "to a folder on a larger disk.") from None
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_structure(folder: Path) -> None:
+    """Shapes, sizes and records of a preparation without digests (ArtefactDamaged naming the file)."""
+    def read(name: str, how: Callable[[Path], Any]) -> Any:
+        try:
+            return how(folder / name)
+        except Exception as exc:  # noqa: BLE001 - truncated .npy ("mmap length ..."), bad JSON, bad zip
+            raise ArtefactDamaged(folder / name, f"it cannot be read ({type(exc).__name__}: {exc})") from exc
+
+    meta = read("meta.json", read_json)
+    images = read("images.npy", lambda p: np.load(p, mmap_mode="r", allow_pickle=False))
+    labels = read("labels.npy", lambda p: np.load(p, allow_pickle=False))
+    read("extra.npz", load_npz)
+    size = meta.get("resolution") if isinstance(meta, dict) else None
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (3, size, size):
+        raise ArtefactDamaged(folder / "images.npy", f"it holds {images.dtype} {images.shape}, "
+                                                     f"expected uint8 (N, 3, {size}, {size})")
+    if labels.shape != (len(images),):
+        raise ArtefactDamaged(folder / "labels.npy", f"it holds {labels.shape} labels for {len(images)} images")
+
+
+def _verify_prepared(folder: Path) -> bool | None:
+    """True: complete and matching ``SHA256SUMS``; False: written before digests existed (its
+    structure is sound); None: nothing prepared here. Changes nothing; a damaged preparation
+    raises :class:`~fslib.artefacts.ArtefactDamaged` naming the file."""
+    if not (folder / FOLDER_RECORD).exists() and not (folder / "meta.json").exists():
+        return None
+    if artefacts.verify_folder(folder, FILES):
+        return True
+    _check_structure(folder)
+    return False
+
+
+def _ready(folder: Path) -> bool:
+    """Whether ``folder`` holds a usable preparation; a damaged one is moved aside (warning)."""
+    try:
+        state = _verify_prepared(folder)
+    except ArtefactDamaged as exc:
+        artefacts.discard(exc, folder, "the dataset is prepared again from its source.", stacklevel=4)
+        return False
+    if state is False:
+        try:
+            artefacts.seal_folder(folder, FILES)  # adopt a preparation made before digests existed
+        except OSError:
+            pass
+    return state is not None
 
 
 def _locate(spec: DatasetSpec, src: _Source, split: str, size: int, opts: dict) -> tuple[Path, _Plan | None]:
@@ -109,7 +203,7 @@ def _prepare_split(spec: DatasetSpec, split: str, size: int, root, download, all
     src = _open_source(spec, root, download)
     opts = _options(spec, all_classes)
     final, plan = _locate(spec, src, split, size, opts)
-    if (final / "meta.json").exists():
+    if _ready(final):
         return final
     meta = {"name": spec.name, "split": split, "resolution": size, "source": src.description,
             "classes": list(spec.classes), "license": spec.license, "prep_version": PREP_VERSION, "options": opts}

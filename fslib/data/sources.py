@@ -10,7 +10,9 @@ or ``FSLIB_DOWNLOAD=1``). Nothing else: a missing or corrupt source raises
 from __future__ import annotations
 
 import os
+import time
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,7 +49,14 @@ class _ZipReader:
         return self._index.get(folder, [])
 
     def read(self, name: str) -> bytes:
-        return self._open().read(name)
+        try:
+            return self._open().read(name)
+        except (zipfile.BadZipFile, zlib.error, EOFError) as exc:  # e.g. "Bad CRC-32": bit rot after the sha256 check
+            _forget_verified(self.path)  # the next use hashes the archive again
+            raise ArchiveCorrupt(
+                f"{self.path} is damaged: member {name} fails its zip check ({exc}), although the archive matched "
+                f"its sha256 when it was last hashed ({_last_checked(self.path)}). `python -m fslib data list` "
+                "hashes it again; replace it with the original archive (data/README.md).") from None
 
     def where(self, folder: str) -> str:
         return f"{self.path} (member folder {folder or '/'})"
@@ -90,23 +99,57 @@ def _download_enabled(download: bool | None) -> bool:
     raise ValueError(f"FSLIB_DOWNLOAD={value!r}; valid: 1, true, yes, 0, false, no or unset")
 
 
-def _verified_sha256(path: Path) -> str:
+def _records_file() -> Path:
+    return cache_dir("prepared") / "verified_sha256.json"
+
+
+def _read_records() -> dict:
+    """The archives already hashed: ``{path: {size, mtime_ns, sha256, checked}}``.
+
+    The file only saves hashing time, so a damaged one is ignored (and rewritten on the
+    next hash), never an error.
+    """
+    try:
+        records = read_json(_records_file())
+    except (OSError, ValueError):
+        return {}
+    return records if isinstance(records, dict) else {}
+
+
+def _forget_verified(path: Path) -> None:
+    records = _read_records()
+    if records.pop(str(path), None) is not None:
+        write_json(_records_file(), records)
+
+
+def _last_checked(path: Path) -> str:
+    rec = _read_records().get(str(path))
+    return f"on {rec['checked']}" if isinstance(rec, dict) and rec.get("checked") else "date unknown"
+
+
+def _verified_sha256(path: Path, recheck: bool = False) -> str:
     """sha256 of ``path``, checked against :data:`EXPECTED_SHA256`.
 
-    The digest is remembered per (path, size, mtime) in the cache, so an unchanged file is
-    hashed once; the comparison with the expected value happens on every call.
+    A match is remembered per (path, size, mtime) in the cache, so an unchanged file is
+    hashed once; ``recheck`` hashes it again (``data list`` does: bit rot keeps the size and
+    the mtime). Only a remembered *match* is trusted: a mismatch is always a fresh hash.
+    Bit rot after the last hash is caught by the zip's CRC-32 when a member is decoded
+    (:class:`ArchiveCorrupt` naming the archive).
     """
-    record_file = cache_dir("prepared") / "verified_sha256.json"
-    records = read_json(record_file) if record_file.exists() else {}
+    expected = EXPECTED_SHA256[path.name]
+    records = _read_records()
     st = path.stat()
     rec = records.get(str(path))
-    if rec and rec["size"] == st.st_size and rec["mtime_ns"] == st.st_mtime_ns:
-        actual = rec["sha256"]
-    else:
-        actual = sha256_file(path)
-        records[str(path)] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": actual}
-        write_json(record_file, records)
-    expected = EXPECTED_SHA256[path.name]
+    if (not recheck and isinstance(rec, dict) and rec.get("size") == st.st_size
+            and rec.get("mtime_ns") == st.st_mtime_ns and rec.get("sha256") == expected):
+        return expected
+    actual = sha256_file(path)
+    records[str(path)] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": actual,
+                          "checked": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    try:
+        write_json(_records_file(), records)
+    except OSError:  # a read-only cache only costs hashing again
+        pass
     if actual != expected:
         raise ArchiveCorrupt(
             f"{path} is corrupt, truncated or another file: its sha256 is {actual}, expected {expected} "
@@ -152,7 +195,7 @@ class _Source:
     source_id: str = ""       # verified sha256 of an archive / torchvision md5; "" for folders
 
 
-def _open_source(spec: DatasetSpec, root, download: bool | None) -> _Source:
+def _open_source(spec: DatasetSpec, root, download: bool | None, recheck: bool = False) -> _Source:
     folder = _folder_root(spec, root) if spec.root_env else None
     if folder is not None:
         if not folder.is_dir():
@@ -162,7 +205,7 @@ def _open_source(spec: DatasetSpec, root, download: bool | None) -> _Source:
     if spec.archive:
         path = data_root() / spec.archive
         if path.is_file():
-            sha = _verified_sha256(path)
+            sha = _verified_sha256(path, recheck)
             note = {"cifar10": " (JPEG q75, 4:2:0)", "imagenette": " (squashed to 224x224, JPEG q75)",
                     "imagenet10_samples": " (full-resolution ImageNet JPEG)"}.get(spec.name, " (PNG, CC BY 4.0)")
             return _Source("zip", path, _ZipReader(path), spec.archive + note, "sha256:" + sha)

@@ -22,6 +22,7 @@ DFM-filtered images are still recognised (high TPR, low FPR) has a frequency sho
 Positions are in the centred layout of :mod:`fslib.spectral` (DC at ``(H // 2, W // 2)``).
 """
 
+from fslib.artefacts import ArtefactDamaged, ArtefactWarning
 from fslib.dfm.ablation import ablation_loss, class_losses
 from fslib.dfm.config import PAPER_THRESHOLDS, DFMConfig
 from fslib.dfm.describe import dfm_profile, example_filtered, planted_overlap
@@ -45,4 +46,5 @@ __all__ = [
     "ablation_loss", "class_losses", "dominant_frequency_maps", "iou", "evaluate_dfms", "SavedDFMs", "save_dfms",
     "load_dfms", "rank_score_split", "dfm_cache_path", "run_dfms", "run_shortcut_test", "shortcut_test_sweep",
     "ShortcutAnalysis", "shortcut_analysis", "planted_overlap", "dfm_profile", "example_filtered",
+    "ArtefactDamaged", "ArtefactWarning",
 ]

@@ -33,11 +33,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from fslib import distributed
+from fslib import artefacts, distributed
+from fslib.artefacts import ArtefactDamaged
 from fslib.device import resolve_device
 from fslib.dfm.units import _removed_components, _sinusoid_basis, ablation_units
 from fslib.inference import eval_mode
-from fslib.io import digest, load_npz, save_npz
+from fslib.io import digest
 from fslib.spectral import fft_centred
 
 
@@ -49,18 +50,53 @@ def _auto_batch_size(c: int, h: int, w: int, itemsize: int, device: torch.device
     return int(max(1, min(cap, budget // (c * h * w * itemsize))))
 
 
-def _check_inputs(images: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+def _check_inputs(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                  model: torch.nn.Module | None = None) -> torch.Tensor:
+    """Labels as int64 on the CPU, after checking images, labels, that every class has an image
+    and (given ``model``) the dtypes. When the labels do not fit ``num_classes`` and that
+    count is not the model's number of outputs, the error says so (one probe forward)."""
     if images.ndim != 4 or not images.is_floating_point():
         raise ValueError(
             f"images must be a float tensor (N, C, H, W) already normalised for the model, "
             f"got {images.dtype} {tuple(images.shape)}"
         )
+    param = next((p for p in model.parameters() if p.is_floating_point()), None) if model is not None else None
+    if param is not None and images.dtype != param.dtype:
+        raise TypeError(f"images are {images.dtype} but the model's parameters are {param.dtype}; the computation "
+                        f"runs in one dtype: pass images.to({param.dtype}) (or convert the model)")
+    bad = (~torch.isfinite(images)).sum().item()
+    if bad:
+        first = int((~torch.isfinite(images)).flatten(1).any(1).nonzero()[0])
+        raise ValueError(f"images hold {bad} NaN or infinite values (first in image {first}); every loss would be "
+                         "NaN. Remove or repair those images")
     if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
         raise ValueError(f"labels must have shape ({images.shape[0]},), got {tuple(labels.shape)}")
     labels = labels.long().cpu()
-    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"labels must lie in 0..{num_classes - 1}, got {labels.min()}..{labels.max()}")
+    try:
+        if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+            raise ValueError(f"labels must lie in 0..{num_classes - 1}, got {labels.min()}..{labels.max()}")
+        _check_counts(torch.bincount(labels, minlength=num_classes))
+    except ValueError:
+        if model is not None and len(images):
+            _probe(model, images[:1], num_classes)  # a wrong num_classes is the likelier mistake: name it
+        raise
     return labels
+
+
+def _probe(model: torch.nn.Module, x: torch.Tensor, num_classes: int) -> None:
+    param = next(model.parameters(), None)
+    with eval_mode(model), torch.inference_mode():
+        _logits(model, x.to(param.device) if param is not None else x, num_classes)
+
+
+def _logits(model: torch.nn.Module, x: torch.Tensor, num_classes: int, given: str = "num_classes={}") -> torch.Tensor:
+    """``model(x)``, checked to be ``(len(x), num_classes)`` logits (``given`` says where the count came from)."""
+    out = model(x)
+    if out.ndim != 2 or out.shape[1] != num_classes:
+        raise ValueError(f"the model returns logits of shape {tuple(out.shape)} for {len(x)} images, but "
+                         f"{given.format(num_classes)}: the number of classes must be the model's number of outputs "
+                         f"({out.shape[-1] if out.ndim == 2 else 'it does not return (N, classes) logits'})")
+    return out
 
 
 @torch.inference_mode()
@@ -77,7 +113,7 @@ def class_losses(
 
     The reference level of :func:`ablation_loss`: a removal that does not matter leaves it.
     """
-    labels = _check_inputs(images, labels, num_classes)
+    labels = _check_inputs(images, labels, num_classes, model)
     dev = resolve_device(device)
     model.to(dev)
     bs = batch_size or _auto_batch_size(*images.shape[1:], images.element_size(), dev)
@@ -85,7 +121,7 @@ def class_losses(
     with eval_mode(model, cpu_channels_last=True):
         for start in range(0, len(images), bs):
             lab = labels[start : start + bs]
-            logits = model(images[start : start + bs].to(dev))
+            logits = _logits(model, images[start : start + bs].to(dev), num_classes)
             loss = F.cross_entropy(logits, lab.to(dev), reduction="none").double().cpu()
             sums.index_add_(0, lab, loss)
     counts = torch.bincount(labels, minlength=num_classes).double()
@@ -100,16 +136,20 @@ def _check_counts(counts: torch.Tensor) -> None:
 
 
 def _load_checkpoint(path: Path, fingerprint: dict, n_units: int, num_classes: int):
-    data = load_npz(path)
-    stored = json.loads(str(data["fingerprint"]))
+    """Partial sums and done flags of a checkpoint, or None when it was damaged (then moved aside, warned)."""
+    try:
+        data = artefacts.load_npz(path)
+        stored = json.loads(str(data["fingerprint"]))
+        sums, done = torch.from_numpy(data["sums"]), torch.from_numpy(data["done"])
+    except (ArtefactDamaged, KeyError, ValueError) as exc:
+        artefacts.discard(exc, path, "the ablation starts from the beginning.", stacklevel=4)
+        return None
     differs = sorted(k for k in set(stored) | set(fingerprint) if stored.get(k) != fingerprint.get(k))
     if differs:
         detail = ", ".join(f"{k}: checkpoint {stored.get(k)!r} vs now {fingerprint.get(k)!r}" for k in differs)
         raise ValueError(
             f"checkpoint {path} was made with different inputs ({detail}); delete it or pass another path"
         )
-    sums = torch.from_numpy(data["sums"])
-    done = torch.from_numpy(data["done"])
     if sums.shape != (n_units, num_classes) or done.shape != (n_units,):
         raise ValueError(f"checkpoint {path} has sums {tuple(sums.shape)}, expected {(n_units, num_classes)}")
     return sums, done
@@ -155,10 +195,13 @@ def ablation_loss(
         Maps ``(B, C, H, W)`` to logits ``(B, num_classes)``. Evaluated in eval mode (its
         previous mode is restored) on ``device``, where it is moved.
     images : Tensor, shape (N, C, H, W), float
-        Exactly what the model takes (already normalised); the computation runs in its dtype.
+        Exactly what the model takes (already normalised); the computation runs in its dtype,
+        which must be the dtype of the model's parameters (TypeError naming both otherwise:
+        nothing is converted behind your back). NaN or infinite values are a ValueError.
     labels : Tensor, shape (N,), int
         Every class in ``0..num_classes-1`` needs at least one image.
     num_classes : int
+        The number of the model's outputs (checked at the first forward: ValueError).
     patch_size : int
         1 (single frequencies, the paper's 32x32 setting) or p > 1 (p x p blocks).
     batch_size : int or None
@@ -174,7 +217,9 @@ def ablation_loss(
         ``.npz`` file for partial sums. Saved atomically at most every ``checkpoint_every``
         seconds and at the end; resumed when present. It records a fingerprint of the model
         parameters, images, labels, ``num_classes``, ``patch_size`` and dtype; a checkpoint
-        made with anything different raises ``ValueError`` naming what differs.
+        made with anything different raises ``ValueError`` naming what differs. It carries a
+        digest record (:mod:`fslib.artefacts`): a damaged one is moved aside with a warning
+        and the ablation starts from the beginning.
     checkpoint_every : float
         Seconds between checkpoint saves.
 
@@ -182,7 +227,7 @@ def ablation_loss(
     -------
     Tensor, shape (num_classes, H, W), float64, centred layout.
     """
-    labels = _check_inputs(images, labels, num_classes)
+    labels = _check_inputs(images, labels, num_classes, model)
     n, c, h, w = images.shape
     counts = torch.bincount(labels, minlength=num_classes).double()
     _check_counts(counts)
@@ -216,11 +261,11 @@ def ablation_loss(
             "dtype": str(images.dtype),
         }
         if ckpt.exists():
-            sums, done = _load_checkpoint(ckpt, fingerprint, n_units, num_classes)
+            sums, done = _load_checkpoint(ckpt, fingerprint, n_units, num_classes) or (sums, done)
 
     def save() -> None:
         if ckpt is not None:
-            save_npz(ckpt, sums=sums.numpy(), done=done.numpy(), fingerprint=np.array(json.dumps(fingerprint)))
+            artefacts.save_npz(ckpt, sums=sums.numpy(), done=done.numpy(), fingerprint=np.array(json.dumps(fingerprint)))
 
     todo = (~done & mine).nonzero().flatten()
     model.to(dev)
@@ -250,7 +295,7 @@ def ablation_loss(
                 comp = _removed_components(spec, pos, wts, basis)  # (K, G, C, HW)
                 inputs = (x[None] - comp.reshape(len(chunk), stop - start, c, h, w)).reshape(-1, c, h, w)
                 lab = labels[start:stop].to(dev)
-                loss = F.cross_entropy(model(inputs), lab.repeat(len(chunk)), reduction="none")
+                loss = F.cross_entropy(_logits(model, inputs, num_classes), lab.repeat(len(chunk)), reduction="none")
                 sums[chunk] += loss.double().cpu().reshape(len(chunk), -1) @ onehot[start:stop]
             done[chunk] = True
             bar.update(len(chunk))

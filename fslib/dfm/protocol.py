@@ -12,10 +12,14 @@ any ``nn.Module``. The protocol:
 * :func:`run_shortcut_test`: :func:`~fslib.dfm.evaluate_dfms` on the scoring images, cached;
 * :func:`shortcut_analysis`: the three in a row; :func:`shortcut_test_sweep`: the test at
   every threshold (the paper's 1, 5, 10, 20 %).
+
+Cached files carry digest records (:mod:`fslib.artefacts`); a damaged one is moved aside
+with an :class:`~fslib.artefacts.ArtefactWarning` naming it, and computed again.
 """
 
 from __future__ import annotations
 
+import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,13 +28,15 @@ from typing import Mapping
 import pandas as pd
 import torch
 
+from fslib import artefacts
+from fslib.artefacts import ArtefactDamaged
 from fslib.dfm.config import DFMConfig
 from fslib.dfm.methods import METHODS
 from fslib.dfm.select import dominant_frequency_maps
 from fslib.dfm.shortcut_test import evaluate_dfms
 from fslib.dfm.store import SavedDFMs, load_dfms, save_dfms
 from fslib.inference import Analysable, eval_mode
-from fslib.io import atomic_write_text, digest, stable_hash
+from fslib.io import digest, stable_hash
 from fslib.paths import cache_dir
 
 
@@ -153,8 +159,8 @@ def run_dfms(
     labels = labels.long().cpu()
     thresholds = config.all_thresholds
     path = dfm_cache_path(subject, images, labels, config)
-    if path.exists():
-        saved = load_dfms(path)
+    saved = _cached(path, load_dfms)
+    if saved is not None:
         missing = [t for t in thresholds if t not in saved.dfms]
         if not missing:
             return saved
@@ -180,7 +186,7 @@ def run_dfms(
                   **config.ranking_key(), "masks_from_method": ranking.masks is not None, "seconds": seconds,
                   **ranking.info}
     save_dfms(path, ranking.scores, maps, provenance)
-    partial.unlink(missing_ok=True)
+    artefacts.remove(partial)
     return load_dfms(path)
 
 
@@ -220,13 +226,25 @@ def run_shortcut_test(
     dfms = dfms.bool().cpu()
     key = stable_hash({"images": digest(images), "labels": digest(labels), "dfms": digest(dfms), **config.test_key()})
     path = cache_dir("dfms") / f"{subject.cache_key}-test-{key}.csv"
-    if path.exists():
-        return pd.read_csv(path)
+    table = _cached(path, lambda p: artefacts.load(p, lambda b: pd.read_csv(io.BytesIO(b))))
+    if table is not None:
+        return table
     table = evaluate_dfms(subject.model, subject.normalize(images), labels, dfms, batch_size=batch_size,
                           device=device, n_boot=config.n_boot, n_null=config.n_null, seed=config.seed,
                           paper_tpr=config.paper_tpr, progress=progress)
-    atomic_write_text(path, table.to_csv(index=False))
+    artefacts.write_text(path, table.to_csv(index=False))
     return table
+
+
+def _cached(path: Path, read):
+    """``read(path)`` of a cached file; None when there is none, or when it is damaged (moved aside, warned)."""
+    if not path.exists():
+        return None
+    try:
+        return read(path)
+    except ArtefactDamaged as exc:
+        artefacts.discard(exc, path, "it is computed again.", stacklevel=4)
+        return None
 
 
 def shortcut_test_sweep(subject: Analysable, images: torch.Tensor, labels: torch.Tensor,

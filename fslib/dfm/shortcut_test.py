@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fslib.device import resolve_device
-from fslib.dfm.ablation import _auto_batch_size, _check_counts, _check_inputs
+from fslib.dfm.ablation import _auto_batch_size, _check_counts, _check_inputs, _logits
 from fslib.inference import eval_mode
 from fslib.spectral import conjugate_pairs, fft_centred, ifft_centred, radial_bins, symmetrize_mask
 
@@ -91,7 +91,8 @@ def evaluate_dfms(
     Parameters
     ----------
     model : nn.Module
-    images : Tensor, shape (N, C, H, W), float, as the model takes them (normalised)
+    images : Tensor, shape (N, C, H, W), float, as the model takes them (normalised), in the
+        dtype of its parameters, finite (as in :func:`~fslib.dfm.ablation_loss`)
     labels : Tensor, shape (N,), int
     dfms : Tensor, shape (num_classes, H, W), bool
     batch_size, device, progress : as in :func:`ablation_loss`
@@ -110,7 +111,7 @@ def evaluate_dfms(
     fpr_lo, fpr_hi, null_tpr_p95, null_tpr_mean, shortcut, paper_rule, n_freq.
     """
     num_classes = dfms.shape[0]
-    labels = _check_inputs(images, labels, num_classes)
+    labels = _check_inputs(images, labels, num_classes, model)
     if dfms.ndim != 3 or dfms.shape[1:] != images.shape[2:]:
         raise ValueError(f"dfms must have shape ({num_classes}, H, W) = images' H, W, got {tuple(dfms.shape)}")
     counts = torch.bincount(labels, minlength=num_classes)
@@ -130,7 +131,7 @@ def evaluate_dfms(
     with eval_mode(model, cpu_channels_last=True), torch.inference_mode():
         for start in range(0, n, g):
             x = images[start : start + g].to(dev)
-            base[start : start + g] = model(x).argmax(1).cpu()
+            base[start : start + g] = _logits(model, x, num_classes, "dfms holds {} class maps").argmax(1).cpu()
             spec = fft_centred(x)
             preds[:, start : start + g] = _predict_filtered(model, spec, masks, dev, bs)
             bar.update(len(x) * (num_classes + 1))

@@ -1,7 +1,10 @@
 """Storing DFMs: loss maps and masks in an ``.npz`` with a JSON provenance record.
 
 :func:`save_dfms` / :func:`load_dfms` keep the maps of every threshold together, without
-pickles (the provenance is a unicode string array inside the archive).
+pickles (the provenance is a unicode string array inside the archive). The file is written
+with a digest record (``<name>.npz.sha256``, :mod:`fslib.artefacts`) and checked against it
+when loaded: a truncated or altered file raises :class:`~fslib.artefacts.ArtefactDamaged`
+naming it.
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ from typing import Mapping, NamedTuple
 import numpy as np
 import torch
 
+from fslib import artefacts
+from fslib.artefacts import ArtefactDamaged
 from fslib.dfm.config import _check_top
-from fslib.io import load_npz, save_npz, to_jsonable
+from fslib.io import to_jsonable
 
 
 class SavedDFMs(NamedTuple):
@@ -55,12 +60,19 @@ def save_dfms(
     record = dict(to_jsonable(provenance))
     record["thresholds"] = tops
     arrays["provenance"] = np.array(json.dumps(record, sort_keys=True))
-    save_npz(path, **arrays)
+    artefacts.save_npz(path, **arrays)
 
 
 def load_dfms(path: str | os.PathLike) -> SavedDFMs:
-    """Load what :func:`save_dfms` wrote (``allow_pickle=False``)."""
-    data = load_npz(path)
-    record = json.loads(str(data["provenance"]))
-    dfms = {top: torch.from_numpy(data[f"dfm_{i}"]) for i, top in enumerate(record["thresholds"])}
-    return SavedDFMs(torch.from_numpy(data["loss_maps"]), dfms, record)
+    """Load what :func:`save_dfms` wrote (``allow_pickle=False``), checked against its digest.
+
+    Raises :class:`~fslib.artefacts.ArtefactDamaged` naming the file when it differs from
+    the digest written with it or is not a DFM file.
+    """
+    data = artefacts.load_npz(path)
+    try:
+        record = json.loads(str(data["provenance"]))
+        dfms = {top: torch.from_numpy(data[f"dfm_{i}"]) for i, top in enumerate(record["thresholds"])}
+        return SavedDFMs(torch.from_numpy(data["loss_maps"]), dfms, record)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ArtefactDamaged(path, f"it is not a DFM file written by save_dfms ({type(exc).__name__}: {exc})") from None

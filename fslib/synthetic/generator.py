@@ -1,7 +1,9 @@
 """The generator of Syn_B1..Syn_B4: designed from the paper's measured properties.
 
 Every image is ``x = clip(0.5 + colour * pattern + noise, 0, 1)``, stored as uint8. See
-:mod:`fslib.synthetic` for the design of each class. Generation is deterministic and cached.
+:mod:`fslib.synthetic` for the design of each class. Generation is deterministic and cached
+(with a digest record, :mod:`fslib.artefacts`: a damaged cache file is moved aside, with a
+warning naming it, and generated again).
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from fslib import spectral
+from fslib import artefacts, spectral
+from fslib.artefacts import ArtefactDamaged
 from fslib.constants import SYNTHETIC_CLASSES
 from fslib.images import LabeledImages
-from fslib.io import load_npz, save_npz, stable_hash
+from fslib.io import stable_hash
 from fslib.paths import cache_dir
 
 GENERATOR_VERSION = "1"
@@ -318,10 +321,14 @@ def _load_generated(name: str, split: str, n: int | None, seed: int, config: Syn
     n = _check_n(n, split, cfg)
     path = _cache_path(name, split, n, seed, cfg)
     if path.exists():
-        z = load_npz(path)
-        return Generated(torch.from_numpy(z["images"]), torch.from_numpy(z["labels"]), float(z["clip_fraction"]), 0.0)
+        try:
+            z = artefacts.load_npz(path)
+            return Generated(torch.from_numpy(z["images"]), torch.from_numpy(z["labels"]), float(z["clip_fraction"]), 0.0)
+        except (ArtefactDamaged, KeyError) as exc:
+            artefacts.discard(exc, path, "it is generated again.", stacklevel=4)
     out = generate(name, split, n, seed, config=cfg)
-    save_npz(path, images=out.images.numpy(), labels=out.labels.numpy(), clip_fraction=np.float64(out.clip_fraction))
+    artefacts.save_npz(path, images=out.images.numpy(), labels=out.labels.numpy(),
+                       clip_fraction=np.float64(out.clip_fraction))
     return out
 
 
