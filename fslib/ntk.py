@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -61,6 +62,8 @@ __all__ = [
     "class_curves",
     "log_times",
     "centre_kernel",
+    "KernelPrediction",
+    "predict_learning",
 ]
 
 KINDS = ("full", "trace")
@@ -491,3 +494,52 @@ def log_times(start: float, stop: float, n: int) -> np.ndarray:
         raise ValueError(f"need 0 < start < stop and n >= 2, got start={start}, stop={stop}, n={n}")
     return np.concatenate([[0.0], np.geomspace(start, stop, n - 1)])
 
+
+
+@dataclass(frozen=True)
+class KernelPrediction:
+    """What a kernel predicts about learning a classification task (:func:`predict_learning`).
+
+    Attributes
+    ----------
+    speed : Tensor (C,), :func:`rayleigh_speed` of each class indicator on the training
+        images (normalised kernel: 1 is the speed of an average direction)
+    null : Tensor (n_perm * C,), the same for permuted labels (:func:`rayleigh_null`)
+    curves : DataFrame, per-class held-out accuracy and FPR over kernel time
+        (:func:`class_curves`)
+    final_accuracy : float, held-out accuracy at the last time
+    """
+
+    speed: torch.Tensor
+    null: torch.Tensor
+    curves: pd.DataFrame
+    final_accuracy: float
+
+
+def predict_learning(kernel: torch.Tensor, cross: torch.Tensor, labels: torch.Tensor, test_labels: torch.Tensor,
+                     num_classes: int, times: Sequence[float], *, n_perm: int = 100, seed: int = 0) -> KernelPrediction:
+    """The learning order a kernel predicts: class speeds, and held-out per-class curves of
+    the kernel model trained by gradient flow on centred one-hot targets.
+
+    Parameters
+    ----------
+    kernel : Tensor (N, N), the Gram matrix of the training images (normalised with
+        :func:`normalize_kernel` so that times are comparable between kernels)
+    cross : Tensor (M, N), the kernel between held-out and training images, same scale
+    labels : Tensor (N,); test_labels : Tensor (M,)
+    num_classes : int; times : kernel times ``lr t``
+    n_perm, seed : the permutation null of the speeds
+
+    Returns
+    -------
+    KernelPrediction
+    """
+    y = centred_onehot(labels, num_classes)
+    outputs = kernel_flow(kernel, y, times, cross=cross)
+    test_labels = torch.as_tensor(test_labels).long().cpu()
+    return KernelPrediction(
+        speed=rayleigh_speed(kernel, y),
+        null=rayleigh_null(kernel, labels, num_classes, n_perm, seed),
+        curves=class_curves(outputs, test_labels, times),
+        final_accuracy=float((outputs[-1].argmax(1) == test_labels).double().mean()),
+    )

@@ -40,7 +40,9 @@ Removing ``k`` from the images of class ``a`` then costs their cross-entropy
 from __future__ import annotations
 
 import math
+from typing import Mapping
 
+import pandas as pd
 import torch
 import torch.nn as nn
 
@@ -59,6 +61,8 @@ __all__ = [
     "power_features",
     "class_power",
     "predicted_loss_maps",
+    "data_kernels",
+    "cue_strengths",
 ]
 
 
@@ -311,3 +315,45 @@ def predicted_loss_maps(power: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"power must be (A, H, W, C, C), got shape {tuple(power.shape)}")
     excess = power - power.mean(0, keepdim=True)
     return torch.einsum("ahwcd,ahwcd->ahw", power.conj(), excess).real
+
+
+def data_kernels(train: torch.Tensor, test: torch.Tensor, cnn: LinearCircularCNN) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The two circular-CNN kernels on a training and a held-out set of images.
+
+    Parameters
+    ----------
+    train : Tensor (N, C, H, W) and test : Tensor (M, C, H, W), the model's input
+    cnn : the :class:`LinearCircularCNN` whose (trace) NTK is used
+
+    Returns
+    -------
+    dict ``{"linear circular CNN": (K, K_cross), "quadratic circular CNN": (K, K_cross)}``
+    with ``K`` (N, N) and ``K_cross`` (M, N), float64, both divided by the mean diagonal of
+    ``K`` (:func:`fslib.ntk.normalize_kernel`). The quadratic kernel uses
+    ``filter_std = readout_std``.
+    """
+    phi_train, phi_test = circular_cnn_features(cnn, train), circular_cnn_features(cnn, test)
+    out = {"linear circular CNN": (phi_train @ phi_train.T, phi_test @ phi_train.T),
+           "quadratic circular CNN": (quadratic_cnn_ntk(train), quadratic_cnn_ntk(test, train))}
+    return {name: (k / torch.diagonal(k).mean(), c / torch.diagonal(k).mean()) for name, (k, c) in out.items()}
+
+
+def cue_strengths(images: torch.Tensor, masks: Mapping[str, torch.Tensor]) -> pd.DataFrame:
+    """The share of each image's non-DC power inside each of several sets of frequencies.
+
+    Parameters
+    ----------
+    images : Tensor (N, C, H, W), float (the model's input)
+    masks : mapping name -> bool Tensor (H, W), centred layout (e.g. band k, C2's special
+        frequencies, C0's diagonal)
+
+    Returns
+    -------
+    DataFrame, one row per image, one column per mask, values in [0, 1].
+    """
+    power = spectral.amplitude_spectrum(images.double()).pow(2).sum(1)  # (N, H, W)
+    h, w = power.shape[-2:]
+    power[:, h // 2, w // 2] = 0
+    total = power.sum((-2, -1)).clamp_min(1e-300)
+    return pd.DataFrame({name: ((power * m.to(power.dtype)).sum((-2, -1)) / total).numpy()
+                         for name, m in masks.items()})

@@ -270,3 +270,42 @@ def test_class_power_needs_every_class():
 def test_curves_table_is_a_dataframe():
     curves = ntk.class_curves(torch.zeros(2, 3, 2), torch.tensor([0, 1, 1]), [0.0, 1.0])
     assert isinstance(curves, pd.DataFrame) and len(curves) == 4
+
+
+def test_predict_learning_ranks_a_separable_class_first():
+    g = gen()
+    labels = torch.arange(40) % 2
+    x = torch.randn(40, 5, generator=g, dtype=torch.float64)
+    x[:, 0] += 3.0 * (2 * labels - 1)  # class structure along one axis
+    test = torch.randn(20, 5, generator=gen(1), dtype=torch.float64)
+    test_labels = torch.arange(20) % 2
+    test[:, 0] += 3.0 * (2 * test_labels - 1)
+    k = ntk.normalize_kernel(x @ x.T)
+    cross = test @ x.T / torch.diagonal(x @ x.T).mean()
+    pred = ntk.predict_learning(k, cross, labels, test_labels, 2, ntk.log_times(1e-3, 1e3, 30), n_perm=20)
+    assert pred.final_accuracy > 0.9
+    assert pred.speed.min() > pred.null.quantile(0.95)
+
+
+def test_data_kernels_are_normalised_and_consistent():
+    train = torch.randn(6, 3, 8, 8, generator=gen(), dtype=torch.float64)
+    test = torch.randn(4, 3, 8, 8, generator=gen(1), dtype=torch.float64)
+    cnn = nf.LinearCircularCNN(3, (8, 8), depth=2, outputs=4, seed=0)
+    kernels = nf.data_kernels(train, test, cnn)
+    for k, cross in kernels.values():
+        assert k.shape == (6, 6) and cross.shape == (4, 6)
+        assert float(torch.diagonal(k).mean()) == pytest.approx(1.0)
+    lin, _ = kernels["linear circular CNN"]
+    raw = nf.circular_cnn_ntk(cnn, train, kind="trace")
+    torch.testing.assert_close(lin, raw / torch.diagonal(raw).mean())
+
+
+def test_cue_strengths_of_a_pure_sinusoid():
+    size = 8
+    rows = torch.arange(size, dtype=torch.float64)[:, None]
+    wave = torch.cos(2 * math.pi * 2 * rows / size).expand(size, size)[None, None].repeat(1, 3, 1, 1)
+    c = size // 2
+    mask = torch.zeros(size, size, dtype=torch.bool)
+    mask[c + 2, c] = mask[c - 2, c] = True
+    share = nf.cue_strengths(wave, {"wave": mask, "rest": ~mask})
+    assert share.loc[0, "wave"] == pytest.approx(1.0) and share.loc[0, "rest"] == pytest.approx(0.0, abs=1e-12)
