@@ -64,6 +64,8 @@ __all__ = [
     "centre_kernel",
     "KernelPrediction",
     "predict_learning",
+    "split_kernel",
+    "predicted_orders",
 ]
 
 KINDS = ("full", "trace")
@@ -543,3 +545,41 @@ def predict_learning(kernel: torch.Tensor, cross: torch.Tensor, labels: torch.Te
         curves=class_curves(outputs, test_labels, times),
         final_accuracy=float((outputs[-1].argmax(1) == test_labels).double().mean()),
     )
+
+
+def split_kernel(kernel: torch.Tensor, fit: torch.Tensor, held: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training block ``K[fit, fit]`` (normalised, :func:`normalize_kernel`) and the
+    held-out block ``K[held, fit]`` on the same scale, of a Gram matrix (N, N)."""
+    if kernel.ndim != 2:
+        raise ValueError(f"split_kernel needs a (N, N) kernel, got shape {tuple(kernel.shape)}")
+    train = kernel[fit][:, fit].double()
+    scale = torch.diagonal(train).mean()
+    return train / scale, kernel[held][:, fit].double() / scale
+
+
+def predicted_orders(predictions, threshold: float = 0.9, *, tolerance: float | None = 0.1,
+                     max_fpr: float | None = 0.1, class_names: Sequence[str] | None = None) -> pd.DataFrame:
+    """The order in which kernel models learn the classes, by chapter 2's definition.
+
+    Parameters
+    ----------
+    predictions : mapping ``(dataset, kernel name) -> KernelPrediction``
+    threshold, tolerance, max_fpr : :func:`fslib.dynamics.learned_at` (the same rule as
+        for the trained networks)
+    class_names : names of the classes
+
+    Returns
+    -------
+    DataFrame with columns dataset, kernel, order (:func:`fslib.dynamics.rank_orders`),
+    first, and one column per class: the kernel time at which it is learned (NaN: never).
+    """
+    from fslib import dynamics
+
+    rows = []
+    for (dataset, kernel), pred in predictions.items():
+        first = dynamics.learned_at(pred.curves, threshold, tolerance=tolerance, max_fpr=max_fpr)
+        order = dynamics.rank_orders(first, class_names).iloc[0]
+        names = class_names or [f"C{int(c)}" for c in first["class"]]
+        times = dict(zip([names[int(c)] for c in first["class"]], first["iteration"]))
+        rows.append({"dataset": dataset, "kernel": kernel, "order": order["order"], "first": order["first"], **times})
+    return pd.DataFrame(rows)

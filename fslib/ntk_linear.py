@@ -30,10 +30,14 @@ loss and records its outputs, for comparison with :func:`fslib.ntk.kernel_flow`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Sequence
 
+import pandas as pd
 import torch
 import torch.nn as nn
+
+from fslib import ntk
 
 __all__ = [
     "MixtureConfig",
@@ -52,6 +56,9 @@ __all__ = [
     "train_gd",
     "fitted_components",
     "feature_influence",
+    "train_against_kernel",
+    "shortcut_summary",
+    "noise_sweep",
 ]
 
 
@@ -360,3 +367,84 @@ def feature_influence(weights: torch.Tensor, directions: torch.Tensor, x: torch.
     rest = x @ w - parts.sum(0)
     total = ((x @ w) ** 2).mean().clamp_min(1e-300)
     return torch.cat([(parts ** 2).mean(1), (rest ** 2).mean()[None]]) / total
+
+
+def train_against_kernel(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lr_fraction: float = 0.05,
+                         fit_time: float = 4.0, records: int = 40, k: int = 2) -> dict:
+    """Train ``model`` by gradient descent and compare it with the flow of its initial NTK.
+
+    The step is ``lr = lr_fraction / lambda_1`` and training lasts ``fit_time / (lr
+    lambda_2)`` steps (``lambda_i`` of the empirical NTK at initialisation), long enough to
+    fit the second eigen-component to ``1 - exp(-fit_time)``.
+
+    Returns
+    -------
+    dict with ``lr``, ``steps``, ``eigenvalues`` (of the initial NTK), ``kernel`` and
+    ``kernel_after`` (N, N), ``record`` (:func:`train_gd`), ``table`` (DataFrame with
+    columns step, component, measured, predicted: :func:`fitted_components` against
+    ``1 - exp(-lr lambda_i t)``) and ``deviation`` (the largest ``|f_t - flow_t|`` over
+    steps and samples, divided by ``max |y|``).
+    """
+    kernel = ntk.empirical_ntk(model, x, device="cpu")
+    lam, u = ntk.ntk_eigen(kernel)
+    lr = lr_fraction / float(lam[0])
+    steps = int(math.ceil(fit_time / (lr * float(lam[1]))))
+    record = train_gd(model, x, y, lr=lr, steps=steps, every=max(1, steps // records))
+    times = record["steps"].double()
+    flow = ntk.kernel_flow(kernel, y, times.tolist(), lr=lr, initial=record["train"][0])[..., 0]
+    measured = fitted_components(record["train"], y, u, k)
+    predicted = 1 - torch.exp(-lr * lam[:k][None, :] * times[:, None])
+    table = pd.DataFrame([(int(t), i + 1, float(measured[j, i]), float(predicted[j, i]))
+                          for j, t in enumerate(record["steps"]) for i in range(k)],
+                         columns=["step", "component", "measured", "predicted"])
+    return {"lr": lr, "steps": steps, "eigenvalues": lam, "kernel": kernel,
+            "kernel_after": ntk.empirical_ntk(model, x, device="cpu"), "record": record, "table": table,
+            "deviation": float((record["train"] - flow).abs().max() / y.abs().max())}
+
+
+def shortcut_summary(weights: torch.Tensor, config: MixtureConfig, aligned: Mixture, conflicting: Mixture) -> dict:
+    """How much a linear predictor ``f(x) = w . x`` relies on the shortcut.
+
+    Returns
+    -------
+    dict with ``w_core``, ``w_shortcut``, ``ratio`` (their quotient), ``majority`` and
+    ``minority`` (the weight along ``v_+`` and ``v_-`` relative to the core-only predictor
+    ``w = e_0 / core``, which has ``1 / (core sqrt 2)`` on both: 1 means fully fitted),
+    ``acc_aligned`` and ``acc_conflicting`` (sign accuracy on the two test sets).
+    """
+    w = weights.double()
+    v = signal_directions(len(w)) @ w * config.core * math.sqrt(2)
+
+    def acc(m: Mixture) -> float:
+        return float((torch.sign(m.x @ w) == m.y).double().mean())
+
+    return {"w_core": float(w[0]), "w_shortcut": float(w[1]), "ratio": float(w[1] / w[0]),
+            "majority": float(v[0]), "minority": float(v[1]),
+            "acc_aligned": acc(aligned), "acc_conflicting": acc(conflicting)}
+
+
+def noise_sweep(config: MixtureConfig, noises: Sequence[float], rhos: Sequence[float], seed: int = 0) -> pd.DataFrame:
+    """Shortcut weight over core weight where training ends, against within-cluster noise.
+
+    ``kind = "population"``: :func:`converged_weights` for every conflicting share ``rho``
+    (cluster sizes rescaled, same total); ``kind = "N samples"``: the least-squares fit to
+    a sample of ``config`` (its own ``rho``) at every noise level.
+
+    Returns
+    -------
+    DataFrame with columns noise, rho, ratio, kind.
+    """
+    total = config.n_aligned + config.n_conflicting
+    rows = []
+    for rho in rhos:
+        conflicting = int(round(rho * total))
+        for noise in noises:
+            cfg = replace(config, n_aligned=total - conflicting, n_conflicting=conflicting, noise=float(noise))
+            w = converged_weights(cfg)
+            rows.append((float(noise), cfg.conflicting_fraction, float(w[1] / w[0]), "population"))
+    for noise in noises:
+        cfg = replace(config, noise=float(noise))
+        m = gaussian_mixture(cfg, seed)
+        w = torch.linalg.lstsq(m.x, m.y[:, None]).solution.reshape(-1)
+        rows.append((float(noise), cfg.conflicting_fraction, float(w[1] / w[0]), f"{len(m)} samples"))
+    return pd.DataFrame(rows, columns=["noise", "rho", "ratio", "kind"]).astype({"rho": float}).round({"rho": 4})
