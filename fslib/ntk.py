@@ -33,39 +33,39 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn as nn
+from torch import nn
 from torch.func import functional_call, jacrev, vmap
 
 from fslib.device import resolve_device
 
 __all__ = [
     "KINDS",
-    "jacobians",
-    "empirical_ntk",
+    "KernelPrediction",
     "calibrate_batchnorm",
+    "centre_kernel",
+    "centred_onehot",
+    "class_curves",
+    "eigen_alignment",
+    "empirical_ntk",
     "flatten_kernel",
+    "jacobians",
+    "kernel_flow",
+    "kernel_target_alignment",
+    "log_times",
     "normalize_kernel",
     "ntk_eigen",
-    "centred_onehot",
-    "kernel_target_alignment",
-    "eigen_alignment",
-    "rayleigh_speed",
-    "rayleigh_null",
-    "kernel_flow",
-    "residual_fraction",
-    "class_curves",
-    "log_times",
-    "centre_kernel",
-    "KernelPrediction",
     "predict_learning",
-    "split_kernel",
     "predicted_orders",
+    "rayleigh_null",
+    "rayleigh_speed",
+    "residual_fraction",
+    "split_kernel",
 ]
 
 KINDS = ("full", "trace")

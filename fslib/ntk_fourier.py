@@ -40,29 +40,29 @@ Removing ``k`` from the images of class ``a`` then costs their cross-entropy
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import pandas as pd
 import torch
-import torch.nn as nn
+from torch import nn
 
 from fslib import spectral
 
 __all__ = [
     "LinearCircularCNN",
+    "QuadraticCircularCNN",
     "circular_cnn_blocks",
+    "circular_cnn_features",
     "circular_cnn_ntk",
     "circular_cnn_operator",
-    "circular_cnn_features",
     "circular_conv",
-    "dft_matrix",
-    "QuadraticCircularCNN",
-    "quadratic_cnn_ntk",
-    "power_features",
     "class_power",
-    "predicted_loss_maps",
-    "data_kernels",
     "cue_strengths",
+    "data_kernels",
+    "dft_matrix",
+    "power_features",
+    "predicted_loss_maps",
+    "quadratic_cnn_ntk",
 ]
 
 

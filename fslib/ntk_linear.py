@@ -29,36 +29,37 @@ loss and records its outputs, for comparison with :func:`fslib.ntk.kernel_flow`.
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Sequence
 
 import pandas as pd
 import torch
-import torch.nn as nn
+from torch import nn
 
 from fslib import ntk
 
 __all__ = [
-    "MixtureConfig",
     "Mixture",
-    "gaussian_mixture",
-    "population_moments",
+    "MixtureConfig",
+    "TwoLayerReLU",
     "converged_weights",
-    "signal_directions",
-    "linear_ntk",
-    "linear_model",
     "deep_linear",
-    "end_to_end_weights",
     "deep_linear_ntk",
     "deep_linear_ntk_scale",
-    "TwoLayerReLU",
-    "train_gd",
-    "fitted_components",
+    "end_to_end_weights",
     "feature_influence",
-    "train_against_kernel",
-    "shortcut_summary",
+    "fitted_components",
+    "gaussian_mixture",
+    "linear_model",
+    "linear_ntk",
     "noise_sweep",
+    "population_moments",
+    "shortcut_summary",
+    "signal_directions",
+    "train_against_kernel",
+    "train_gd",
 ]
 
 
@@ -196,7 +197,7 @@ def deep_linear(dim: int, width: int, depth: int, seed: int = 0) -> nn.Sequentia
     gen = torch.Generator().manual_seed(seed)
     sizes = [dim] + [width] * (depth - 1) + [1]
     layers = []
-    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+    for fan_in, fan_out in itertools.pairwise(sizes):
         layer = nn.Linear(fan_in, fan_out, bias=False).double()
         with torch.no_grad():
             layer.weight.copy_(torch.randn(fan_out, fan_in, generator=gen, dtype=torch.float64) / math.sqrt(fan_in))
@@ -388,7 +389,7 @@ def train_against_kernel(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
     kernel = ntk.empirical_ntk(model, x, device="cpu")
     lam, u = ntk.ntk_eigen(kernel)
     lr = lr_fraction / float(lam[0])
-    steps = int(math.ceil(fit_time / (lr * float(lam[1]))))
+    steps = math.ceil(fit_time / (lr * float(lam[1])))
     record = train_gd(model, x, y, lr=lr, steps=steps, every=max(1, steps // records))
     times = record["steps"].double()
     flow = ntk.kernel_flow(kernel, y, times.tolist(), lr=lr, initial=record["train"][0])[..., 0]
@@ -437,7 +438,7 @@ def noise_sweep(config: MixtureConfig, noises: Sequence[float], rhos: Sequence[f
     total = config.n_aligned + config.n_conflicting
     rows = []
     for rho in rhos:
-        conflicting = int(round(rho * total))
+        conflicting = round(rho * total)
         for noise in noises:
             cfg = replace(config, n_aligned=total - conflicting, n_conflicting=conflicting, noise=float(noise))
             w = converged_weights(cfg)

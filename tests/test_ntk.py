@@ -8,7 +8,7 @@ import math
 import pandas as pd
 import pytest
 import torch
-import torch.nn as nn
+from torch import nn
 
 from fslib import dynamics, ntk
 from fslib import ntk_fourier as nf
@@ -91,7 +91,7 @@ def test_alignment_measures():
     y = ntk.centred_onehot(labels, 3)
     assert ntk.kernel_target_alignment(y @ y.T, y) == pytest.approx(1.0)
     k = torch.eye(30, dtype=torch.float64) + 0.1
-    lam, u = ntk.ntk_eigen(k)
+    _, u = ntk.ntk_eigen(k)
     share = ntk.eigen_alignment(u, y, k=30)
     torch.testing.assert_close(share.sum(0), torch.ones(3, dtype=torch.float64))
     # the Rayleigh speed of a label-aligned kernel beats every permutation of the labels
@@ -236,7 +236,7 @@ def test_circular_cnn_kernel_is_diagonalised_by_the_dft():
 
 def test_quadratic_cnn_expected_ntk_matches_a_wide_network():
     x = torch.randn(4, 2, 3, 3, generator=gen(), dtype=torch.float64)
-    kw = dict(width=20000, filter_std=0.5, readout_std=0.7)
+    kw = {"width": 20000, "filter_std": 0.5, "readout_std": 0.7}
     net = nf.QuadraticCircularCNN(2, (3, 3), seed=0, **kw)
     empirical = ntk.empirical_ntk(net, x, device="cpu")
     expected = nf.quadratic_cnn_ntk(x, **kw)

@@ -4,7 +4,7 @@ predicted per-class learning curves and per-frequency kernel weights."""
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -13,8 +13,14 @@ import torch
 
 from fslib.plot.common import new_axes
 
-__all__ = ["mixture_scatter", "eigen_spectra", "component_curves", "shortcut_sweep", "predicted_class_curves",
-           "frequency_weight_maps"]
+__all__ = [
+    "component_curves",
+    "eigen_spectra",
+    "frequency_weight_maps",
+    "mixture_scatter",
+    "predicted_class_curves",
+    "shortcut_sweep",
+]
 
 
 def _panels(ax, n: int, size=(3.2, 2.6), **kw):
@@ -58,7 +64,7 @@ def mixture_scatter(data, ax=None, *, directions: torch.Tensor | None = None,
         names = list(direction_labels) if direction_labels is not None else [f"v{i + 1}" for i in range(len(d))]
         for vec, name in zip(d, names):
             ax.annotate("", xy=(reach * vec[0], reach * vec[1]), xytext=(0, 0),
-                        arrowprops=dict(arrowstyle="->", lw=1.8, color="black"))
+                        arrowprops={"arrowstyle": "->", "lw": 1.8, "color": "black"})
             ax.text(1.05 * reach * vec[0], 1.05 * reach * vec[1], name, fontsize=9, ha="center", va="center")
     ax.axhline(0, color="grey", lw=0.5)
     ax.axvline(0, color="grey", lw=0.5)
