@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from fslib import dynamics, ntk
+from fslib import dynamics, ntk, ntk_flow
 from fslib import ntk_fourier as nf
 from fslib import ntk_linear as nl
 
@@ -19,7 +19,7 @@ def gen(seed=0):
     return torch.Generator().manual_seed(seed)
 
 
-@pytest.mark.parametrize("module", [ntk, nl, nf])
+@pytest.mark.parametrize("module", [ntk, ntk_flow, nl, nf])
 def test_doctests(module):
     result = doctest.testmod(module, extraglobs={"torch": torch, "nn": nn})
     assert result.attempted > 0 and result.failed == 0
@@ -143,7 +143,7 @@ def test_trained_linear_outputs_follow_the_kernel_flow():
     lr = 0.01 / float(lam[0])
     steps = 400
     rec = nl.train_gd(nl.linear_model(cfg.dim), m.x, m.y, lr=lr, steps=steps, every=50)
-    flow = ntk.kernel_flow(k, m.y, rec["steps"].tolist(), lr=lr)[..., 0]
+    flow = ntk_flow.kernel_flow(k, m.y, rec["steps"].tolist(), lr=lr)[..., 0]
     # gradient flow vs gradient descent differ by O(lr lambda_max) = 1 %
     assert (rec["train"] - flow).abs().max() < 0.01 * m.y.abs().max()
     assert (rec["train"][-1] - rec["train"][0]).abs().max() > 0.5  # the model did move
@@ -158,16 +158,16 @@ def test_kernel_flow_on_held_out_points():
     x = torch.randn(10, 3, generator=gen(), dtype=torch.float64)
     y = ntk.centred_onehot(torch.arange(10) % 2, 2)
     k = x @ x.T + 1  # rank 4: the flow fits the targets' projection on its range
-    train = ntk.kernel_flow(k, y, [0.0, 0.3, 5.0], lr=0.5)
-    as_cross = ntk.kernel_flow(k, y, [0.0, 0.3, 5.0], lr=0.5, cross=k)
+    train = ntk_flow.kernel_flow(k, y, [0.0, 0.3, 5.0], lr=0.5)
+    as_cross = ntk_flow.kernel_flow(k, y, [0.0, 0.3, 5.0], lr=0.5, cross=k)
     torch.testing.assert_close(train, as_cross)
     assert train[0].abs().max() == 0
     xt = torch.randn(4, 3, generator=gen(1), dtype=torch.float64)
-    late = ntk.kernel_flow(k, y, [1e6], cross=xt @ x.T + 1)[0]
+    late = ntk_flow.kernel_flow(k, y, [1e6], cross=xt @ x.T + 1)[0]
     torch.testing.assert_close(late, (xt @ x.T + 1) @ torch.linalg.pinv(k) @ y)
     f0 = torch.randn(10, 2, generator=gen(2), dtype=torch.float64)
     full_rank = k + torch.eye(10, dtype=torch.float64)
-    shifted = ntk.kernel_flow(full_rank, y, [0.0, 1e6], initial=f0)
+    shifted = ntk_flow.kernel_flow(full_rank, y, [0.0, 1e6], initial=f0)
     torch.testing.assert_close(shifted[0], f0)
     torch.testing.assert_close(shifted[1], y)
 
@@ -176,8 +176,8 @@ def test_class_curves_feed_learned_at():
     labels = torch.tensor([0, 1, 2, 0, 1, 2])
     y = ntk.centred_onehot(labels, 3)
     k = 10 * (y @ y.T) + torch.eye(6, dtype=torch.float64)  # a kernel that knows the labels
-    times = ntk.log_times(1e-3, 10, 20)
-    curves = ntk.class_curves(ntk.kernel_flow(k, y, times), labels, times)
+    times = ntk_flow.log_times(1e-3, 10, 20)
+    curves = ntk_flow.class_curves(ntk_flow.kernel_flow(k, y, times), labels, times)
     assert set(curves.columns) == {"iteration", "set", "class", "accuracy", "fpr"}
     first = dynamics.learned_at(curves, 0.9, tolerance=0.1, max_fpr=0.1)
     assert first["iteration"].notna().all() and (first["iteration"] > 0).all()
@@ -268,7 +268,7 @@ def test_class_power_needs_every_class():
 
 
 def test_curves_table_is_a_dataframe():
-    curves = ntk.class_curves(torch.zeros(2, 3, 2), torch.tensor([0, 1, 1]), [0.0, 1.0])
+    curves = ntk_flow.class_curves(torch.zeros(2, 3, 2), torch.tensor([0, 1, 1]), [0.0, 1.0])
     assert isinstance(curves, pd.DataFrame) and len(curves) == 4
 
 
@@ -282,7 +282,7 @@ def test_predict_learning_ranks_a_separable_class_first():
     test[:, 0] += 3.0 * (2 * test_labels - 1)
     k = ntk.normalize_kernel(x @ x.T)
     cross = test @ x.T / torch.diagonal(x @ x.T).mean()
-    pred = ntk.predict_learning(k, cross, labels, test_labels, 2, ntk.log_times(1e-3, 1e3, 30), n_perm=20)
+    pred = ntk_flow.predict_learning(k, cross, labels, test_labels, 2, ntk_flow.log_times(1e-3, 1e3, 30), n_perm=20)
     assert pred.final_accuracy > 0.9
     assert pred.speed.min() > pred.null.quantile(0.95)
 
