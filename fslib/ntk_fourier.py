@@ -1,10 +1,10 @@
 """Circular convolutional networks, whose NTKs the DFT diagonalises: the frequency bridge.
 
 Two small networks on images ``x`` of shape (C, H, W), with ``N = H W`` positions and
-full-size circular filters (Gunasekar et al. 2018); ``x_hat_c(k)`` is the DFT of channel
-``c`` (``torch.fft.fft2``, unnormalised) and ``*`` circular convolution.
+circular convolutions (``*``); ``x_hat_c(k)`` is the DFT of channel ``c``
+(``torch.fft.fft2``, unnormalised).
 
-**Linear circular CNN** (:class:`LinearCircularCNN`)::
+**Linear circular CNN** (:class:`LinearCircularCNN`), full-size filters (Gunasekar et al. 2018)::
 
     h = w_{L-1} * ... * w_2 * (sum_c w_{1,c} * x_c),      f_a(x) = <v_a, h>.
 
@@ -20,27 +20,29 @@ zero when phases are random: it has nothing to learn the synthetic classes with.
 
 **Quadratic circular CNN** (:class:`QuadraticCircularCNN`), the smallest nonlinear step::
 
-    f(x) = sum_j v_j sum_p ((sum_c w_{j,c} * x_c)_p)^2,   j = 1..m.
+    f(x) = sum_j v_j sum_p ((sum_c w_{j,c} * x_c)_p)^2,   j = 1..m,
 
-At initialisation (i.i.d. ``w ~ N(0, s^2)``, ``v ~ N(0, t^2)``) its expected NTK is
-(:func:`quadratic_cnn_ntk`)::
+with filters on an ``s x s`` support. At initialisation (i.i.d. ``w ~ N(0, s_w^2)``,
+``v ~ N(0, t^2)``) its expected NTK is (:func:`quadratic_cnn_ntk`)::
 
-    E K(x, x') = m [ s^4 T(x) T(x') + (2 s^4 + 4 t^2 s^2) sum_k |S_xx'(k)|^2 ],
+    E K(x, x') = (m / N^2) [ s_w^4 |S|^2 T(x) T(x') + (2 s_w^4 + 4 t^2 s_w^2)
+                             sum_{k, k'} <Q_x(k), Q_x'(k')> |D(k - k')|^2 ],
 
-with ``T(x) = sum_k ||x_hat(k)||^2`` (N times the energy) and the cross-spectrum
-``S_xx'(k) = sum_c x_hat_c(k) conj(x_hat'_c(k))``: again one term per frequency, now in the
-*power* ``Q_x(k) = x_hat(k) x_hat(k)^H`` (``|S_xx'(k)|^2 = <Q_x(k), Q_x'(k)>``). Early in
-training the kernel model moves class ``a``'s output along ``sum_i y~_ia K(x, x_i)``, so
-frequency ``k`` weighs ``W_a(k) = mean_{x in a} Q_x(k) - mean_b mean_{x in b} Q_x(k)``, the
-class's power minus the mean class power: the quantity the ADCS of Wang et al. compares.
-Removing ``k`` from the images of class ``a`` then costs their cross-entropy
-``<E_a Q(k), W_a(k)>`` (:func:`predicted_loss_maps`), a DFM predicted from the data alone.
+with ``T(x)`` N times the image's energy, ``Q_x(k) = x_hat(k) x_hat(k)^H`` the power at
+``k`` and ``|D|^2`` the squared frequency response of the filter support. With full-size
+filters ``|D|^2 = N^2 delta``: one term per frequency, the kernel compares power spectra
+bin by bin. With 3x3 filters (those of the book's ResNet18) it compares them blurred over
+about ``N / 3`` bins, roughly band by band. Early in training the kernel model moves class
+``a``'s output along ``sum_i y~_ia K(x, x_i)``, so frequency ``k`` weighs the class's
+excess power ``E_a Q - mean_b E_b Q`` (blurred by ``|D|^2``): the quantity the ADCS of
+Wang et al. compares with signs. Removing ``k`` from the images of class ``a`` then costs
+their cross-entropy :func:`predicted_loss_maps`, a DFM predicted from the data alone.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import pandas as pd
 import torch
@@ -60,9 +62,11 @@ __all__ = [
     "cue_strengths",
     "data_kernels",
     "dft_matrix",
+    "lag_weights",
     "power_features",
     "predicted_loss_maps",
     "quadratic_cnn_ntk",
+    "quadratic_name",
 ]
 
 
@@ -221,22 +225,51 @@ def circular_cnn_operator(model: LinearCircularCNN, a: int = 0, b: int = 0) -> t
 
 # --------------------------------------------------------------------------- quadratic circular CNN
 class QuadraticCircularCNN(nn.Module):
-    """``f(x) = sum_j v_j sum_p ((sum_c w_{j,c} * x_c)_p)^2`` with full-size circular
-    filters, ``w ~ N(0, filter_std^2)``, ``v ~ N(0, readout_std^2)``, float64."""
+    """``f(x) = sum_j v_j sum_p ((sum_c w_{j,c} * x_c)_p)^2`` with circular filters on an
+    ``s x s`` support (``filter_size``; None: the whole image), ``w ~ N(0, filter_std^2)``,
+    ``v ~ N(0, readout_std^2)``, float64."""
 
     def __init__(self, channels: int, size: tuple[int, int], width: int, filter_std: float, readout_std: float,
-                 seed: int = 0) -> None:
+                 seed: int = 0, filter_size: int | None = None) -> None:
         super().__init__()
+        side = _filter_side(size, filter_size)
         gen = torch.Generator().manual_seed(seed)
-        self.filters = nn.Parameter(filter_std * torch.randn(width, channels, *size, generator=gen, dtype=torch.float64))
+        self.size = tuple(size)
+        self.filters = nn.Parameter(filter_std * torch.randn(width, channels, *side, generator=gen, dtype=torch.float64))
         self.readout = nn.Parameter(readout_std * torch.randn(width, generator=gen, dtype=torch.float64))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Outputs (B,) of images (B, C, H, W)."""
-        spec = torch.einsum("jchw,bchw->bjhw", torch.fft.fft2(self.filters), torch.fft.fft2(x.double()))
-        n = x.shape[-1] * x.shape[-2]
-        energy = (spec.abs() ** 2).sum((-2, -1)) / n  # Parseval: sum_p h_p^2
+        h, w = self.size
+        full = nn.functional.pad(self.filters, (0, w - self.filters.shape[-1], 0, h - self.filters.shape[-2]))
+        spec = torch.einsum("jchw,bchw->bjhw", torch.fft.fft2(full), torch.fft.fft2(x.double()))
+        energy = (spec.abs() ** 2).sum((-2, -1)) / (h * w)  # Parseval: sum_p h_p^2
         return energy @ self.readout
+
+
+def _filter_side(size: tuple[int, int], filter_size: int | None) -> tuple[int, int]:
+    if filter_size is None:
+        return tuple(size)
+    if not 1 <= filter_size <= min(size):
+        raise ValueError(f"filter_size must lie in [1, {min(size)}] or be None (full size), got {filter_size}")
+    return filter_size, filter_size
+
+
+def lag_weights(size: tuple[int, int], filter_size: int | None = None) -> torch.Tensor:
+    """``c(d)``: the number of pairs of filter taps ``(r, u)`` with ``r - u = d`` (mod the
+    image size), for every circular lag ``d``; shape (H, W), float64, lag 0 at [0, 0].
+
+    Its DFT is ``|D(k)|^2``, the squared frequency response of the filter support (a Fejer
+    kernel): how far apart two frequencies a filter of that size can still tell apart.
+
+    >>> lag_weights((4, 4), 2)[:, 0].tolist()
+    [4.0, 2.0, 0.0, 2.0]
+    """
+    weights = []
+    for n, s in zip(size, _filter_side(size, filter_size)):
+        d = torch.arange(n, dtype=torch.float64)
+        weights.append((s - d).clamp_min(0) + (s - (n - d)).clamp_min(0) * (d > 0))
+    return weights[0][:, None] * weights[1][None, :]
 
 
 def power_features(images: torch.Tensor) -> torch.Tensor:
@@ -255,26 +288,47 @@ def power_features(images: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bchw,bdhw->bhwcd", f, f.conj())
 
 
+def _autocorrelation_features(images: torch.Tensor, filter_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sqrt(c(d)) rho_x(d)`` at the lags a filter can see, flattened (B, L C C), and the
+    energies ``T(x)`` (B,); ``rho_x(d) = N sum_p x(p + d) x(p)^T`` is N times the
+    channel cross-correlation at lag ``d``."""
+    x = images.double()
+    n = x.shape[-1] * x.shape[-2]
+    f = torch.fft.fft2(x)
+    rho = n * torch.fft.ifft2(torch.einsum("bchw,bdhw->bcdhw", f, f.conj())).real  # (B, C, C, H, W)
+    weight = lag_weights(tuple(x.shape[-2:]), filter_size)
+    keep = weight > 0
+    feats = rho[..., keep] * weight[keep].sqrt()  # (B, C, C, L)
+    return feats.flatten(1), torch.einsum("bcc->b", rho[..., 0, 0])
+
+
 def quadratic_cnn_ntk(x1: torch.Tensor, x2: torch.Tensor | None = None, *, width: int = 1, filter_std: float = 1.0,
-                      readout_std: float = 1.0) -> torch.Tensor:
-    """The expected NTK of a :class:`QuadraticCircularCNN` at initialisation (module docstring).
+                      readout_std: float = 1.0, filter_size: int | None = None) -> torch.Tensor:
+    """The expected NTK of a :class:`QuadraticCircularCNN` at initialisation.
+
+    ``E K = (m / N^2) [s^4 |S|^2 T T' + (2 s^4 + 4 t^2 s^2) sum_d c(d) <rho_x(d), rho_x'(d)>]``
+    with ``m`` = width, ``s`` = filter_std, ``t`` = readout_std, ``|S|`` taps per filter and
+    channel, ``c(d)`` = :func:`lag_weights`. In the Fourier domain the second term is
+    ``sum_{k, k'} <Q_x(k), Q_x'(k')> |D(k - k')|^2``: with full-size filters
+    (``|D|^2 = N^2 delta``) one term per frequency, ``N^2 sum_k <Q_x(k), Q_x'(k)>``; with
+    small filters the power spectra are compared after blurring over about ``N / s`` bins.
 
     Parameters
     ----------
     x1 : Tensor, shape (N1, C, H, W); x2 : Tensor, shape (N2, C, H, W), or None
-    width, filter_std, readout_std : as the network (only their ratio shapes the kernel)
+    width, filter_std, readout_std, filter_size : as the network
 
     Returns
     -------
     Tensor, shape (N1, N2), float64.
     """
-    q1 = power_features(x1)
-    q2 = q1 if x2 is None else power_features(x2)
-    s2, t2 = filter_std ** 2, readout_std ** 2
-    t1 = torch.einsum("bhwcc->b", q1).real
-    t2_ = torch.einsum("bhwcc->b", q2).real
-    cross = torch.einsum("ihwcd,jhwcd->ij", q1.conj(), q2).real  # sum_k <Q_x(k), Q_x'(k)> = sum_k |S(k)|^2
-    return width * (s2 ** 2 * torch.outer(t1, t2_) + (2 * s2 ** 2 + 4 * t2 * s2) * cross)
+    f1, t1 = _autocorrelation_features(x1, filter_size)
+    f2, t2 = (f1, t1) if x2 is None else _autocorrelation_features(x2, filter_size)
+    h, w = x1.shape[-2:]
+    taps = math.prod(_filter_side((h, w), filter_size))
+    s2, r2 = filter_std ** 2, readout_std ** 2
+    scale = width / (h * w) ** 2
+    return scale * (s2 ** 2 * taps ** 2 * torch.outer(t1, t2) + (2 * s2 ** 2 + 4 * r2 * s2) * (f1 @ f2.T))
 
 
 # --------------------------------------------------------------------------- frequency prediction
@@ -298,43 +352,62 @@ def class_power(images: torch.Tensor, labels: torch.Tensor, num_classes: int, ba
     return total / counts.to(torch.float64)[:, None, None, None, None]
 
 
-def predicted_loss_maps(power: torch.Tensor) -> torch.Tensor:
+def predicted_loss_maps(power: torch.Tensor, filter_size: int | None = None) -> torch.Tensor:
     """The early-training loss increase the power kernel predicts for removing each frequency.
+
+    Early in training the kernel model of :func:`quadratic_cnn_ntk` moves class ``a``'s
+    output along ``sum_{k, k'} <Q_x(k), W_a(k')> |D(k - k')|^2`` with the class's excess
+    power ``W_a = E_a Q - mean_b E_b Q``; removing frequency ``k`` from the images of class
+    ``a`` then raises their cross-entropy (uniform softmax, centred targets) by
+    ``<E_a Q(k), (|D|^2 * W_a)(k)> / N^2``: the excess blurred over the frequency resolution
+    of the filters.
 
     Parameters
     ----------
-    power : Tensor, shape (A, H, W, C, C), :func:`class_power`
+    power : Tensor, shape (A, H, W, C, C), :func:`class_power` (centred layout)
+    filter_size : int or None, the filters' side (None: full size, no blurring)
 
     Returns
     -------
-    Tensor, shape (A, H, W), float64, centred layout: ``<E_a Q(k), E_a Q(k) - mean_b E_b Q(k)>``
-    (real part of the Frobenius product). Feed it to :func:`fslib.dfm.dominant_frequency_maps`
-    for a predicted DFM.
+    Tensor, shape (A, H, W), float64, centred layout. Feed it to
+    :func:`fslib.dfm.dominant_frequency_maps` for a predicted DFM.
     """
     if power.ndim != 5:
         raise ValueError(f"power must be (A, H, W, C, C), got shape {tuple(power.shape)}")
-    excess = power - power.mean(0, keepdim=True)
-    return torch.einsum("ahwcd,ahwcd->ahw", power.conj(), excess).real
+    h, w = power.shape[1:3]
+    excess = (power - power.mean(0, keepdim=True)).permute(0, 3, 4, 1, 2)  # (A, C, C, H, W)
+    lags = torch.fft.ifft2(torch.fft.ifftshift(excess, dim=(-2, -1)))
+    blurred = torch.fft.fftshift(torch.fft.fft2(lags * lag_weights((h, w), filter_size)), dim=(-2, -1)) / (h * w)
+    return torch.einsum("ahwcd,acdhw->ahw", power.conj(), blurred).real
 
 
-def data_kernels(train: torch.Tensor, test: torch.Tensor, cnn: LinearCircularCNN) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """The two circular-CNN kernels on a training and a held-out set of images.
+def quadratic_name(filter_size: int | None) -> str:
+    """Display name of a quadratic circular CNN kernel: ``"quadratic CNN, 3x3 filters"``."""
+    return "quadratic CNN, full-size filters" if filter_size is None else f"quadratic CNN, {filter_size}x{filter_size} filters"
+
+
+def data_kernels(train: torch.Tensor, test: torch.Tensor, cnn: LinearCircularCNN,
+                 filter_sizes: Sequence[int | None] = (None, 3)) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The circular-CNN kernels on a training and a held-out set of images.
 
     Parameters
     ----------
     train : Tensor (N, C, H, W) and test : Tensor (M, C, H, W), the model's input
     cnn : the :class:`LinearCircularCNN` whose (trace) NTK is used
+    filter_sizes : the quadratic circular CNNs (:func:`quadratic_cnn_ntk`, ``filter_std =
+        readout_std``), by filter side (None: full size)
 
     Returns
     -------
-    dict ``{"linear circular CNN": (K, K_cross), "quadratic circular CNN": (K, K_cross)}``
+    dict ``{"linear circular CNN": (K, K_cross), quadratic_name(s): (K, K_cross), ...}``
     with ``K`` (N, N) and ``K_cross`` (M, N), float64, both divided by the mean diagonal of
-    ``K`` (:func:`fslib.ntk.normalize_kernel`). The quadratic kernel uses
-    ``filter_std = readout_std``.
+    ``K`` (:func:`fslib.ntk.normalize_kernel`).
     """
     phi_train, phi_test = circular_cnn_features(cnn, train), circular_cnn_features(cnn, test)
-    out = {"linear circular CNN": (phi_train @ phi_train.T, phi_test @ phi_train.T),
-           "quadratic circular CNN": (quadratic_cnn_ntk(train), quadratic_cnn_ntk(test, train))}
+    out = {"linear circular CNN": (phi_train @ phi_train.T, phi_test @ phi_train.T)}
+    for size in filter_sizes:
+        out[quadratic_name(size)] = (quadratic_cnn_ntk(train, filter_size=size),
+                                     quadratic_cnn_ntk(test, train, filter_size=size))
     return {name: (k / torch.diagonal(k).mean(), c / torch.diagonal(k).mean()) for name, (k, c) in out.items()}
 
 

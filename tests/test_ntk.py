@@ -234,13 +234,41 @@ def test_circular_cnn_kernel_is_diagonalised_by_the_dft():
     assert off > 0.1 * scale
 
 
-def test_quadratic_cnn_expected_ntk_matches_a_wide_network():
-    x = torch.randn(4, 2, 3, 3, generator=gen(), dtype=torch.float64)
-    kw = {"width": 20000, "filter_std": 0.5, "readout_std": 0.7}
-    net = nf.QuadraticCircularCNN(2, (3, 3), seed=0, **kw)
+@pytest.mark.parametrize("filter_size", [None, 2, 4])
+def test_quadratic_cnn_expected_ntk_matches_a_wide_network(filter_size):
+    x = torch.randn(4, 2, 6, 5, generator=gen(), dtype=torch.float64)
+    kw = {"width": 20000, "filter_std": 0.5, "readout_std": 0.7, "filter_size": filter_size}
+    net = nf.QuadraticCircularCNN(2, (6, 5), seed=0, **kw)
     empirical = ntk.empirical_ntk(net, x, device="cpu")
     expected = nf.quadratic_cnn_ntk(x, **kw)
     assert ((empirical - expected).abs() / expected.abs()).max() < 0.05  # Monte Carlo error ~1 % at this width
+
+
+def test_lag_weights_are_the_fourier_pair_of_the_filter_response():
+    h, w, s = 6, 5, 3
+    taps = torch.zeros(h, w, dtype=torch.float64)
+    taps[:s, :s] = 1
+    response = torch.fft.fft2(taps).abs() ** 2  # |D(k)|^2
+    torch.testing.assert_close(torch.fft.fft2(nf.lag_weights((h, w), s)).real, response)
+    assert torch.equal(nf.lag_weights((h, w)), torch.full((h, w), float(h * w), dtype=torch.float64))
+
+
+def test_small_filters_blur_the_predicted_loss_map():
+    g = gen()
+    power = torch.rand(2, 8, 8, 1, 1, generator=g, dtype=torch.float64).to(torch.complex128)
+    sharp = nf.predicted_loss_maps(power)
+    blurred = nf.predicted_loss_maps(power, filter_size=3)
+    excess = (power - power.mean(0, keepdim=True))[..., 0, 0]
+    response = torch.fft.fftshift(torch.fft.fft2(nf.lag_weights((8, 8), 3)).real)  # |D|^2, centred at DC
+    c = 4
+    want = torch.zeros(2, 8, 8, dtype=torch.float64)
+    for k in range(64):  # brute force: sum_k' |D(k - k')|^2 W(k') / N^2, circular in the centred layout
+        kr, kc = divmod(k, 8)
+        for j in range(64):
+            jr, jc = divmod(j, 8)
+            want[:, kr, kc] += response[(kr - jr + c) % 8, (kc - jc + c) % 8] * excess[:, jr, jc].real / 64**2
+    torch.testing.assert_close(blurred, power[..., 0, 0].real * want)
+    torch.testing.assert_close(sharp, power[..., 0, 0].real * excess.real)
 
 
 def test_predicted_loss_map_finds_a_planted_frequency():
