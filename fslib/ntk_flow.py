@@ -46,6 +46,7 @@ __all__ = [
     "predict_learning",
     "predicted_orders",
     "split_kernel",
+    "order_agreement",
 ]
 
 
@@ -248,3 +249,30 @@ def predicted_orders(predictions, threshold: float = 0.9, *, tolerance: float | 
         times = dict(zip([names[int(c)] for c in first["class"]], first["iteration"]))
         rows.append({"dataset": dataset, "kernel": kernel, "order": order["order"], "first": order["first"], **times})
     return pd.DataFrame(rows)
+
+
+def order_agreement(predicted: pd.DataFrame, measured: pd.DataFrame) -> pd.Series:
+    """Spearman rank correlation, per row, between predicted and measured learning times.
+
+    Parameters
+    ----------
+    predicted, measured : DataFrames indexed alike (e.g. by dataset), one column per class,
+        holding when each class is learned (any increasing scale: iterations, kernel time,
+        ranks); NaN (never learned) ranks after every finite time, ties share their rank
+
+    Returns
+    -------
+    Series, one correlation per row of ``measured`` (NaN where either side has no spread,
+    for example when no class is ever learned).
+
+    >>> m = pd.DataFrame({"C0": [1.0], "C1": [2.0], "C2": [float("nan")]})
+    >>> order_agreement(pd.DataFrame({"C0": [0.1], "C1": [0.5], "C2": [0.9]}), m).tolist()
+    [1.0]
+    """
+    cols = list(measured.columns)
+    out = {}
+    for key in measured.index:
+        a = predicted.loc[key, cols].astype(float).rank(na_option="bottom")
+        b = measured.loc[key, cols].astype(float).rank(na_option="bottom")
+        out[key] = float(a.corr(b)) if a.nunique() > 1 and b.nunique() > 1 else float("nan")
+    return pd.Series(out, name="spearman")

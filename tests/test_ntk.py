@@ -337,3 +337,14 @@ def test_cue_strengths_of_a_pure_sinusoid():
     mask[c + 2, c] = mask[c - 2, c] = True
     share = nf.cue_strengths(wave, {"wave": mask, "rest": ~mask})
     assert share.loc[0, "wave"] == pytest.approx(1.0) and share.loc[0, "rest"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_order_agreement_counts_never_as_last():
+    measured = pd.DataFrame({"C0": [10.0, 5.0], "C1": [20.0, float("nan")], "C2": [30.0, 1.0]}, index=["a", "b"])
+    same = ntk_flow.order_agreement(measured * 0.01, measured)
+    assert same.tolist() == [1.0, 1.0]
+    reversed_ = ntk_flow.order_agreement(pd.DataFrame({"C0": [3.0, 1.0], "C1": [2.0, 2.0], "C2": [1.0, 3.0]},
+                                                      index=["a", "b"]), measured)
+    assert reversed_["a"] == -1.0 and reversed_["b"] == pytest.approx(-0.5)
+    flat = ntk_flow.order_agreement(pd.DataFrame({"C0": [1.0], "C1": [1.0], "C2": [1.0]}, index=["a"]), measured.loc[["a"]])
+    assert math.isnan(flat["a"])

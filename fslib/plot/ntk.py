@@ -162,38 +162,52 @@ def shortcut_sweep(data: pd.DataFrame, ax=None):
 
 
 def predicted_class_curves(data: pd.DataFrame, ax=None, *, class_names: Sequence[str] | None = None,
-                           threshold: float | None = None, panel: str = "kernel"):
-    """Per-class accuracy of kernel models over (log) kernel time, one panel per group.
+                           threshold: float | None = None, rows: str = "kernel", cols: str = "dataset"):
+    """Per-class accuracy of kernel models over (log) kernel time, one panel per
+    (row, column) pair; pairs without data are left blank.
 
     Parameters
     ----------
-    data : DataFrame with columns ``panel``, iteration (the time), class, accuracy
-        (:func:`fslib.ntk.class_curves` with a label column added)
-    ax : None or one Axes per panel
+    data : DataFrame with columns ``rows``, ``cols``, iteration (the time), class, accuracy
+        (:func:`fslib.ntk_flow.class_curves` with the two label columns added)
+    ax : None or a sequence of at least ``n_rows * n_cols`` axes
     class_names : names of the classes
     threshold : dashed line at this accuracy
-    panel : the column that splits the panels
+    rows, cols : the columns that split the panels
 
     Returns
     -------
-    (fig, axes)
+    (fig, axes) with axes of shape (n_rows, n_cols)
     """
-    groups = list(dict.fromkeys(data[panel]))
-    fig, axes = _panels(ax, len(groups), size=(2.8, 2.3), sharey=True)
+    row_keys, col_keys = list(dict.fromkeys(data[rows])), list(dict.fromkeys(data[cols]))
+    if ax is None:
+        fig, axes = plt.subplots(len(row_keys), len(col_keys), figsize=(2.5 * len(col_keys) + 0.6, 2.1 * len(row_keys) + 0.4),
+                                 squeeze=False, sharex=True, sharey=True)
+    else:
+        axes = np.asarray(ax, dtype=object).reshape(-1)
+        if axes.size < len(row_keys) * len(col_keys):
+            raise ValueError(f"need {len(row_keys) * len(col_keys)} axes, got {axes.size}")
+        fig, axes = axes[0].figure, axes[: len(row_keys) * len(col_keys)].reshape(len(row_keys), len(col_keys))
     colours = plt.get_cmap("tab10")
-    for a, name in zip(axes, groups):
-        sub = data[(data[panel] == name) & (data["iteration"] > 0)]
-        for k, (c, g) in enumerate(sub.groupby("class", sort=True)):
-            label = class_names[int(c)] if class_names is not None else f"C{int(c)}"
-            a.plot(g["iteration"], g["accuracy"], color=colours(k), lw=1.3, label=label)
-        if threshold is not None:
-            a.axhline(threshold, color="black", ls="--", lw=0.8)
-        a.set_xscale("log")
-        a.set_title(str(name), fontsize=9)
-        a.set_xlabel("kernel time lr t")
-    axes[0].set_ylabel("held-out accuracy")
-    axes[0].set_ylim(-0.02, 1.02)
-    axes[0].legend(fontsize=7)
+    for i, r in enumerate(row_keys):
+        for j, c in enumerate(col_keys):
+            a = axes[i, j]
+            sub = data[(data[rows] == r) & (data[cols] == c) & (data["iteration"] > 0)]
+            if sub.empty:
+                a.axis("off")
+                continue
+            for k, (cls, g) in enumerate(sub.groupby("class", sort=True)):
+                label = class_names[int(cls)] if class_names is not None else f"C{int(cls)}"
+                a.plot(g["iteration"], g["accuracy"], color=colours(k), lw=1.3, label=label)
+            if threshold is not None:
+                a.axhline(threshold, color="black", ls="--", lw=0.8)
+            a.set_xscale("log")
+            a.set_ylim(-0.02, 1.02)
+            a.set_title(f"{r}\n{c}", fontsize=8)
+            if i == len(row_keys) - 1:
+                a.set_xlabel("kernel time lr t")
+        axes[i, 0].set_ylabel("held-out accuracy")
+    axes[0, 0].legend(fontsize=7)
     return fig, axes
 
 
