@@ -13,7 +13,7 @@ images). From them, chapter 10 reads a kernel's prediction about a classificatio
   time, in the tracking-table format of :mod:`fslib.dynamics`, so chapter 2's definition
   of "learned" (:func:`fslib.dynamics.learned_at`) applies to kernels as to networks;
 * :func:`predict_learning` (class speeds with a permutation null, and the held-out curves)
-  and :func:`predicted_orders` (the order in which the classes are learned);
+  and :func:`order_agreement` (a predicted order against a measured one);
 * :func:`split_kernel` and :func:`log_times`, helpers for both.
 
 The kernels themselves come from :mod:`fslib.ntk` (empirical NTKs and their spectra),
@@ -43,10 +43,9 @@ __all__ = [
     "class_curves",
     "kernel_flow",
     "log_times",
-    "predict_learning",
-    "predicted_orders",
-    "split_kernel",
     "order_agreement",
+    "predict_learning",
+    "split_kernel",
 ]
 
 
@@ -221,34 +220,6 @@ def split_kernel(kernel: torch.Tensor, fit: torch.Tensor, held: torch.Tensor) ->
     train = kernel[fit][:, fit].double()
     scale = torch.diagonal(train).mean()
     return train / scale, kernel[held][:, fit].double() / scale
-
-
-def predicted_orders(predictions, threshold: float = 0.9, *, tolerance: float | None = 0.1,
-                     max_fpr: float | None = 0.1, class_names: Sequence[str] | None = None) -> pd.DataFrame:
-    """The order in which kernel models learn the classes, by chapter 2's definition.
-
-    Parameters
-    ----------
-    predictions : mapping ``(dataset, kernel name) -> KernelPrediction``
-    threshold, tolerance, max_fpr : :func:`fslib.dynamics.learned_at` (the same rule as
-        for the trained networks)
-    class_names : names of the classes
-
-    Returns
-    -------
-    DataFrame with columns dataset, kernel, order (:func:`fslib.dynamics.rank_orders`),
-    first, and one column per class: the kernel time at which it is learned (NaN: never).
-    """
-    from fslib import dynamics
-
-    rows = []
-    for (dataset, kernel), pred in predictions.items():
-        first = dynamics.learned_at(pred.curves, threshold, tolerance=tolerance, max_fpr=max_fpr)
-        order = dynamics.rank_orders(first, class_names).iloc[0]
-        names = class_names or [f"C{int(c)}" for c in first["class"]]
-        times = dict(zip([names[int(c)] for c in first["class"]], first["iteration"]))
-        rows.append({"dataset": dataset, "kernel": kernel, "order": order["order"], "first": order["first"], **times})
-    return pd.DataFrame(rows)
 
 
 def order_agreement(predicted: pd.DataFrame, measured: pd.DataFrame) -> pd.Series:
