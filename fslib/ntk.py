@@ -133,6 +133,7 @@ def empirical_ntk(
     batch_size : int, samples per Jacobian call
     max_bytes : int, memory allowed for the stored Jacobians
     device : where to compute (``"auto"``: CUDA when present); the model is moved there
+        (``model.to(device)``, in place)
 
     Returns
     -------
@@ -152,7 +153,8 @@ def empirical_ntk(
     same = inputs2 is None
     b = a if same else inputs2.to(dev, dtype)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    n_out = _functional(model)[1](dict(model.named_parameters()), a[0]).numel()
+    with torch.no_grad():
+        n_out = _functional(model)[1](dict(model.named_parameters()), a[0]).numel()
     itemsize = torch.empty((), dtype=dtype).element_size()
     need = (len(a) + (0 if same else len(b))) * n_out * n_params * itemsize
     if need <= max_bytes:
