@@ -94,11 +94,14 @@ def jacobians(model: nn.Module, inputs: torch.Tensor, batch_size: int = 16) -> t
     if not params:
         raise ValueError("the model has no trainable parameters")
     jac = vmap(jacrev(f), in_dims=(None, 0))
-    out = []
+    out = None
     for start in range(0, len(inputs), batch_size):
         parts = jac(params, inputs[start:start + batch_size])  # {name: (B, C, *shape)}
-        out.append(torch.cat([g.flatten(2) for g in parts.values()], dim=2))
-    return torch.cat(out)
+        block = torch.cat([g.flatten(2) for g in parts.values()], dim=2)
+        if out is None:  # filled in place: no second copy of all the Jacobians
+            out = block.new_empty(len(inputs), *block.shape[1:])
+        out[start:start + len(block)] = block
+    return out
 
 
 def _contract(ja: torch.Tensor, jb: torch.Tensor, kind: str) -> torch.Tensor:
