@@ -21,8 +21,10 @@ Extension points, each a config field (and so part of the run hash once set): th
 loss (``objective``, a registry :data:`OBJECTIVES`), an augmentation of the normalised model
 input (``input_augment``, :data:`fslib.augment.INPUT_AUGMENTS`), and fine-tuning from another
 finished run (``init_from``) with some blocks frozen (``trainable``) or re-initialised
-(``reinit``). Fields added after the first runs were cached stay out of the hash while they
-hold their defaults (:meth:`TrainConfig.to_dict`).
+(``reinit``), per-block learning-rate multipliers (``lr_scale``) and the settings of a derived
+dataset (``dataset_options``, e.g. the frequency skew of ``cifar10_skew``). Fields added after
+the first runs were cached stay out of the hash while they hold their defaults
+(:meth:`TrainConfig.to_dict`).
 
 Evaluation lives in :mod:`fslib.inference`, the learning-dynamics records in :mod:`fslib.tracking`.
 """
@@ -78,7 +80,8 @@ def register_objective(name: str, fn: Objective) -> None:
 # Fields added after run hashes were first recorded: left out of to_dict() (so out of every run
 # hash) while they hold these defaults, so the cached runs of a built book keep their hashes.
 _LATER_FIELDS: dict[str, Any] = {"input_augment": "none", "input_augment_options": (), "objective": "ce",
-                                 "objective_options": (), "init_from": None, "trainable": (), "reinit": ()}
+                                 "objective_options": (), "init_from": None, "trainable": (), "reinit": (),
+                                 "dataset_options": (), "lr_scale": ()}
 
 
 @dataclass(frozen=True)
@@ -126,20 +129,26 @@ class TrainConfig:
     init_from: str | None = None         # cache key of a finished run whose weights start this one (None: random init)
     trainable: tuple[str, ...] = ()      # parameter-name prefixes that train; the rest is frozen (empty: all train)
     reinit: tuple[str, ...] = ()         # with init_from: prefixes that start from a fresh initialisation instead
+    dataset_options: tuple[tuple[str, Any], ...] = ()  # settings of a derived dataset (cifar10_skew), completed with its defaults
+    lr_scale: tuple[tuple[str, float], ...] = ()       # (prefix, multiplier): those parameters train at lr x multiplier
 
     def __post_init__(self) -> None:
         for name in ("crop_scale", "track_sets", "trainable", "reinit"):
             value = getattr(self, name)
             if isinstance(value, list):
                 object.__setattr__(self, name, tuple(value))
-        for name in ("input_augment_options", "objective_options"):
+        for name in ("input_augment_options", "objective_options", "dataset_options"):
             value = getattr(self, name)
             if isinstance(value, dict):
                 value = value.items()
             object.__setattr__(self, name, tuple(sorted((str(k), v) for k, v in value)))
+        scales = self.lr_scale.items() if isinstance(self.lr_scale, dict) else self.lr_scale
+        object.__setattr__(self, "lr_scale", tuple((str(k), float(v)) for k, v in scales))
         trainable = [n for n, s in data.DATASETS.items() if "train" in s.splits]
         if self.dataset not in trainable:
             raise ValueError(f"unknown training dataset {self.dataset!r}; valid: {', '.join(trainable)}")
+        # every setting of a derived dataset is spelled out, so all of them are part of the run hash
+        object.__setattr__(self, "dataset_options", data.check_options(self.dataset, self.dataset_options))
         if self.model not in models.MODELS:
             raise ValueError(f"unknown model {self.model!r}; valid: {', '.join(models.MODELS)}")
         if self.scheduler not in SCHEDULERS:
@@ -166,6 +175,8 @@ class TrainConfig:
             "crop_scale": len(self.crop_scale) == 2 and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1,
             "max_iters": self.max_iters is None or self.max_iters >= 1,
             "n_train": self.n_train is None or self.n_train >= 1, "n_test": self.n_test is None or self.n_test >= 1,
+            "lr_scale": all(v > 0 and math.isfinite(v) for _, v in self.lr_scale)
+            and len({k for k, _ in self.lr_scale}) == len(self.lr_scale),
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -258,6 +269,8 @@ def load_data(cfg: TrainConfig, loader: Callable[..., LabeledImages] | None = No
     kw: dict[str, Any] = {"seed": cfg.data_seed, "progress": progress}
     if cfg.resolution is not None:
         kw["resolution"] = cfg.resolution
+    if cfg.dataset_options:
+        kw["options"] = dict(cfg.dataset_options)
     full = loader(cfg.dataset, "train", n=cfg.n_train, **kw)
     test = loader(cfg.dataset, "test", n=cfg.n_test, **kw)
     n_val = int(round(cfg.val_fraction * len(full)))
@@ -314,8 +327,7 @@ class Trainer:
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.frozen = self._freeze()
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+        self.optimizer = torch.optim.SGD(self._param_groups(), lr=cfg.lr, momentum=cfg.momentum,
                                          nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
         self.scheduler = self._make_scheduler()
         self.epoch = 0  # epochs completed
@@ -363,6 +375,21 @@ class Trainer:
                 if (list(m.parameters(recurse=False)) or list(m.buffers(recurse=False)))
                 and not any(p.requires_grad for p in m.parameters(recurse=False))]
 
+    def _param_groups(self) -> list[dict[str, Any]]:
+        """The optimiser's parameter groups: one at ``cfg.lr``, one per ``cfg.lr_scale`` entry at
+        ``lr x multiplier`` (frozen parameters in none; a parameter under two prefixes is an error)."""
+        scale_of: dict[str, float] = {}
+        for prefix, factor in self.cfg.lr_scale:
+            for name in self._matching([prefix], "lr_scale"):
+                if name in scale_of:
+                    raise ValueError(f"lr_scale prefixes overlap at {name!r}: give each parameter one multiplier")
+                scale_of[name] = factor
+        groups: dict[float, list[nn.Parameter]] = {1.0: []}
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                groups.setdefault(scale_of.get(name, 1.0), []).append(p)
+        return [{"params": ps, "lr": self.cfg.lr * f} for f, ps in groups.items() if ps]
+
     def _own_rng(self):
         """Seed torch's global generators inside without changing the caller's RNG state."""
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
@@ -374,7 +401,8 @@ class Trainer:
             return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=cfg.plateau_factor,
                                                               patience=cfg.plateau_patience)
         if cfg.scheduler == "onecycle":
-            return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=self.total_steps)
+            return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups],
+                                                       total_steps=self.total_steps)
         if cfg.scheduler == "cosine":
             return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.total_steps)
         return None

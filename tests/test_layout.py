@@ -13,7 +13,7 @@ LAYERS = {
     0: ["paths", "io", "device", "constants", "spectral", "images", "models", "inference"],
     1: ["synthetic", "data"],
     2: ["augment", "tracking", "train", "recipes", "runs"],
-    3: ["metrics", "stability", "dfm"],
+    3: ["metrics", "stability", "dfm", "localization"],
     4: ["dynamics", "ood", "compare", "report"],
     5: ["plot"],
     6: ["book", "cli", "__main__"],
