@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fslib import data, models
+from fslib import data, models, recipes
 from fslib.constants import normalization
 from fslib.data import skew
 from fslib.images import LabeledImages
@@ -143,8 +143,42 @@ def counterfactual_runs(clean: Run, skewed: Run, names: Sequence[str], direction
     return out
 
 
+def train_pairs(architectures: Sequence[str], seeds: Sequence[int], scale: str, skew_options=None, device="auto",
+                progress: bool = False) -> dict[tuple[str, int], dict[str, Run]]:
+    """The clean and the skewed model of every architecture and seed (:func:`fslib.recipes.localization`):
+    ``{(arch, seed): {"clean": Run, "skewed": Run}}``."""
+    return {(a, s): {kind: get_or_train(recipes.localization(kind == "skewed", a, s, scale,
+                                                             skew_options if kind == "skewed" else None),
+                                        device=device, progress=progress)
+                     for kind in ("clean", "skewed")}
+            for a in architectures for s in seeds}
+
+
+def counterfactual_table(pairs: Mapping[tuple[str, int], Mapping[str, Run]], sets: Mapping[str, LabeledImages],
+                         directions: Sequence[str], tune: Mapping[str, Any], device="auto",
+                         progress: bool = False) -> pd.DataFrame:
+    """Accuracies of the trained pairs and of every one-block retraining (every block and ``"all"``).
+
+    Returns
+    -------
+    DataFrame with columns ``arch``, ``seed``, ``direction`` (``"clean"`` / ``"skewed"`` for the
+    two trained models, else a key of :data:`DIRECTIONS`), ``block`` (``""`` for the trained
+    models), one accuracy column per test set and ``follows_pattern``; ``train_seconds``.
+    """
+    subjects = {}
+    for (arch, seed), pair in pairs.items():
+        subjects.update({(arch, seed, kind, ""): run for kind, run in pair.items()})
+        found = counterfactual_runs(pair["clean"], pair["skewed"], [*blocks(arch), ALL], directions, device,
+                                    progress, **tune)
+        subjects.update({(arch, seed, d, b): run for (d, b), run in found.items()})
+    table = accuracy_table(subjects, sets, device)
+    table.columns = ["arch", "seed", "direction", "block", *table.columns[4:]]
+    table["train_seconds"] = [r.metrics["train_seconds"] for r in subjects.values()]
+    return table
+
+
 # --------------------------------------------------------------------------- evaluation
-def test_sets(name: str, options, n: int | None, seed: int = 0, loader: Callable | None = None) -> dict[str, LabeledImages]:
+def evaluation_sets(name: str, options, n: int | None, seed: int = 0, loader: Callable | None = None) -> dict[str, LabeledImages]:
     """The clean, aligned and conflicting test sets of a skewed dataset (``loader`` as
     :func:`fslib.data.load`, given for tests: it must return the base test split)."""
     load = data.load if loader is None else loader
@@ -169,7 +203,7 @@ def accuracy_table(subjects: Mapping[Any, Run], sets: Mapping[str, LabeledImages
     Parameters
     ----------
     subjects : ``{key: Run}``; a tuple key becomes several index columns
-    sets : ``{name: LabeledImages}`` (e.g. :func:`test_sets`)
+    sets : ``{name: LabeledImages}`` (e.g. :func:`evaluation_sets`)
 
     Returns
     -------
@@ -195,35 +229,50 @@ def layer_contributions(table: pd.DataFrame, metric: str = "clean") -> pd.DataFr
 
     Parameters
     ----------
-    table : DataFrame with columns ``seed``, ``direction`` (``"clean"`` and ``"skewed"`` rows
-        are the two trained models; the others keys of :data:`DIRECTIONS`), ``block`` and
-        ``metric``
+    table : DataFrame with columns ``seed`` (and ``arch``, optional), ``direction``
+        (``"clean"`` and ``"skewed"`` rows are the two trained models; the others keys of
+        :data:`DIRECTIONS`), ``block`` and ``metric`` (:func:`counterfactual_table`)
     metric : the test-set column, e.g. ``"clean"`` or ``"conflicting"``
 
     Returns
     -------
-    DataFrame with one row per (seed, direction, block): ``acc``, ``drop`` (the clean model's
-    accuracy minus the skewed model's, for that seed) and ``share``: for ``encode`` and
-    ``clean-clean`` (starting from the clean model) ``(acc_clean - acc) / drop``, the part of
-    the drop the block produces; for ``repair`` and ``skew-skew`` ``(acc - acc_skewed) / drop``,
-    the part it repairs. 1 means the block alone does all of it, 0 nothing.
+    DataFrame with one row per retraining: (``arch``,) ``seed``, ``direction``, ``block``,
+    ``acc``, ``drop`` (the clean model's accuracy minus the skewed model's, same seed) and
+    ``share``: for ``encode`` and ``clean-clean`` (starting from the clean model)
+    ``(acc_clean - acc) / drop``, the part of the drop the block produces; for ``repair`` and
+    ``skew-skew`` ``(acc - acc_skewed) / drop``, the part it repairs. 1: the block alone does
+    all of it; 0: nothing; NaN when there is no drop.
 
     >>> t = pd.DataFrame({"seed": [0, 0, 0, 0], "direction": ["clean", "skewed", "encode", "repair"],
     ...                   "block": ["", "", "stem", "head"], "clean": [0.8, 0.4, 0.7, 0.6]})
     >>> layer_contributions(t)["share"].round(2).tolist()
     [0.25, 0.5]
     """
-    base = table[table["direction"].isin(["clean", "skewed"])].pivot(index="seed", columns="direction", values=metric)
+    keys = [k for k in ("arch", "seed") if k in table.columns]
+    trained = table["direction"].isin(["clean", "skewed"])
+    base = table[trained].set_index([*keys, "direction"])[metric]
     rows = []
-    for r in table[~table["direction"].isin(["clean", "skewed"])].itertuples(index=False):
-        r = r._asdict()
-        hi, lo = base.loc[r["seed"], "clean"], base.loc[r["seed"], "skewed"]
-        drop = hi - lo
-        from_clean = DIRECTIONS[r["direction"]][0] == "clean"
-        gain = hi - r[metric] if from_clean else r[metric] - lo
-        rows.append({"seed": r["seed"], "direction": r["direction"], "block": r["block"], "acc": r[metric],
-                     "drop": drop, "share": gain / drop if drop != 0 else float("nan")})
+    for r in table[~trained].to_dict("records"):
+        key = tuple(r[k] for k in keys)
+        hi, lo = base[(*key, "clean")], base[(*key, "skewed")]
+        gain = hi - r[metric] if DIRECTIONS[r["direction"]][0] == "clean" else r[metric] - lo
+        rows.append({**{k: r[k] for k in keys}, "direction": r["direction"], "block": r["block"], "acc": r[metric],
+                     "drop": hi - lo, "share": gain / (hi - lo) if hi != lo else float("nan")})
     return pd.DataFrame(rows)
+
+
+def blamed(shares: pd.Series, min_share: float = 0.2, top: int = 2) -> list[str]:
+    """The blocks a contribution curve blames: those with a share of at least ``min_share``,
+    the largest first, at most ``top``; the single largest when none reaches ``min_share``.
+
+    >>> blamed(pd.Series({"stem": 0.5, "layer1": 0.3, "head": 0.25}))
+    ['stem', 'layer1']
+    """
+    s = pd.Series(shares, dtype=float).drop(ALL, errors="ignore").dropna().sort_values(ascending=False)
+    if s.empty:
+        raise ValueError("no block has a share")
+    chosen = s[s >= min_share].index[:top].tolist()
+    return chosen or [s.index[0]]
 
 
 # --------------------------------------------------------------------------- probes
@@ -326,7 +375,7 @@ def probe_table(subjects: Mapping[Any, tuple[nn.Module, str, str]], tasks: Mappi
         of clean images and the planted pattern of images whose pattern is independent of
         their class
     mean, std : the input normalisation (default: CIFAR-10's)
-    fit_fraction : share of each task's images that fit the probe (the first ones); the rest score it
+    fit_fraction : share of each task's images (in a fixed random order) that fit the probe; the rest score it
     **probe : passed to :func:`linear_probe`
 
     Returns
@@ -345,15 +394,44 @@ def probe_table(subjects: Mapping[Any, tuple[nn.Module, str, str]], tasks: Mappi
         else:
             found = []
             for task, (images, targets) in tasks.items():
-                feats = block_features(model, arch, normalize(images, mean, std), device=device)
+                order = torch.randperm(len(targets), generator=torch.Generator().manual_seed(0))  # data may be class-major
+                feats = block_features(model, arch, normalize(images[order], mean, std), device=device)
                 n_fit = int(round(fit_fraction * len(targets)))
                 for depth, (block, f) in enumerate(feats.items()):
                     found.append({"task": task, "block": block, "depth": depth,
-                                  "accuracy": linear_probe(f, targets, n_fit, **probe)})
+                                  "accuracy": linear_probe(f, targets[order], n_fit, **probe)})
             write_json(path, found)
         cols = dict(enumerate(k)) if isinstance(k, tuple) else {0: k}
         rows += [{**cols, **{c: r[c] for c in ("task", "block", "depth", "accuracy")}} for r in found]
     return pd.DataFrame(rows)
+
+
+def probe_tasks(name: str, options, n: int, seed: int = 0, loader: Callable | None = None
+                ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The two probe tasks on ``n`` test images of a skewed dataset's base.
+
+    ``"true class"``: the clean images and their labels. ``"planted pattern"``: the same
+    images, each carrying the pattern of a class drawn independently of its label, and that
+    class as the target (so a probe cannot read the pattern off the object).
+    """
+    load = data.load if loader is None else loader
+    base = load(skew.SKEWED[name], "test", n=n, seed=seed, progress=False)
+    config = skew.config_of(data.check_options(name, options))
+    drawn = torch.randint(0, base.num_classes, (len(base),), generator=torch.Generator().manual_seed(seed + 7))
+    return {"true class": (base.images, base.labels),
+            "planted pattern": (skew.plant(base.images, drawn, config, seed=seed + 8, num_classes=base.num_classes), drawn)}
+
+
+def probe_subjects(pairs: Mapping[tuple[str, int], Mapping[str, Run]]) -> dict[tuple, tuple[nn.Module, str, str]]:
+    """``{(arch, seed, model): (module, arch, cache key)}`` for :func:`probe_table`: the
+    untrained network each pair started from, the clean and the skewed model."""
+    out = {}
+    for (arch, seed), pair in pairs.items():
+        cfg = pair["clean"].config
+        key = f"init-{stable_hash({'model': cfg.model, 'width': cfg.width, 'seed': cfg.seed}, length=12)}"
+        out[arch, seed, "untrained"] = (initial_model(cfg), arch, key)
+        out.update({(arch, seed, kind): (run.model, arch, run.cache_key) for kind, run in pair.items()})
+    return out
 
 
 # --------------------------------------------------------------------------- mitigation
@@ -380,3 +458,35 @@ def mitigation_configs(cfg: TrainConfig, blamed: Mapping[str, Sequence[str]], fa
         out[f"slow {label}"] = dataclasses.replace(cfg, lr_scale=tuple((p, factor) for p in chosen))
         out[f"freeze {label}"] = dataclasses.replace(cfg, trainable=tuple(p for p in every if p not in chosen))
     return out
+
+
+def mitigation_table(pairs: Mapping[tuple[str, int], Mapping[str, Run]], targets: Mapping[str, Mapping[str, Sequence[str]]],
+                     kinds: Sequence[str], sets: Mapping[str, LabeledImages], factor: float = 0.1, device="auto",
+                     progress: bool = False) -> pd.DataFrame:
+    """Train the skewed model again with blamed blocks slowed or frozen, and evaluate.
+
+    Parameters
+    ----------
+    pairs : ``{(arch, seed): {"clean": Run, "skewed": Run}}`` (:func:`train_pairs`)
+    targets : ``{arch: {label: block names}}``, e.g. ``{"resnet18": {"encoding blocks": ["stem"]}}``
+    kinds : ``"slow"`` and/or ``"freeze"`` (:func:`mitigation_configs`)
+    sets : test sets (:func:`evaluation_sets`)
+
+    Returns
+    -------
+    DataFrame: ``arch``, ``seed``, ``intervention`` (``"none (clean data)"`` and ``"none
+    (skewed data)"`` for the two trained models), ``blocks``, the test-set accuracies and
+    ``follows_pattern``.
+    """
+    subjects, blocks_of = {}, {}
+    for (arch, seed), pair in pairs.items():
+        subjects[arch, seed, "none (clean data)"] = pair["clean"]
+        subjects[arch, seed, "none (skewed data)"] = pair["skewed"]
+        for name, cfg in mitigation_configs(pair["skewed"].config, targets[arch], factor).items():
+            if name.split(" ", 1)[0] in kinds:
+                subjects[arch, seed, name] = get_or_train(cfg, device=device, progress=progress)
+                blocks_of[arch, name] = ", ".join(targets[arch][name.split(" ", 1)[1]])
+    table = accuracy_table(subjects, sets, device)
+    table.columns = ["arch", "seed", "intervention", *table.columns[3:]]
+    table.insert(3, "blocks", [blocks_of.get((a, n), "") for a, n in zip(table["arch"], table["intervention"])])
+    return table

@@ -64,7 +64,7 @@ def test_without_a_skew_the_encode_retraining_is_the_control_bit_for_bit(cache):
         got = loc.counterfactual_runs(clean, skewed, ["layer1"], ("encode", "clean-clean"), "cpu", loader=loader, **TUNE)
         a, b = (got[d, "layer1"].model.state_dict() for d in ("encode", "clean-clean"))
         assert all(torch.equal(a[k], b[k]) for k in a) == same
-    sets = loc.test_sets("cifar10_skew", skewed.config.dataset_options, None, loader=loader)
+    sets = loc.evaluation_sets("cifar10_skew", skewed.config.dataset_options, None, loader=loader)
     subjects = {(0, "clean", ""): clean, (0, "skewed", ""): skewed, **{(0, d, b): r for (d, b), r in got.items()}}
     table = loc.accuracy_table(subjects, sets, "cpu").rename(columns={0: "seed", 1: "direction", 2: "block"})
     assert set(table.columns) >= {"clean", "aligned", "conflicting", "follows_pattern"}
@@ -118,3 +118,20 @@ def test_probe_table_is_cached_and_mitigations_slow_or_freeze_the_chosen_blocks(
     assert found["slow shallow"].lr_scale == (("conv1", 0.1), ("bn1", 0.1), ("layer1", 0.1))
     assert found["freeze shallow"].trainable == ("layer2", "layer3", "layer4", "classifier")
     assert dataclasses.replace(found["slow shallow"], lr_scale=()) == cfg
+
+
+def test_plots_draw_one_line_per_direction_and_model():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from fslib import plot
+
+    contrib = pd.DataFrame({"metric": ["clean"] * 4 + ["conflicting"] * 4, "seed": [0, 1] * 4,
+                            "direction": (["encode"] * 2 + ["repair"] * 2) * 2, "block": ["stem"] * 8,
+                            "share": [0.1, 0.2, 0.3, 0.4] * 2})
+    fig, axes = plot.layer_curves(contrib, blocks=["stem", "all"])
+    assert axes.shape == (1, 2) and len(axes[0, 0].get_lines()) == 2 + 2  # two reference lines, two directions
+    probes = pd.DataFrame({"model": ["clean", "skewed"] * 2, "seed": [0, 0, 0, 0], "task": ["t"] * 4,
+                           "block": ["stem", "stem", "head", "head"], "depth": [0, 0, 1, 1], "accuracy": [0.5] * 4})
+    fig, axes = plot.probe_curves(probes, chance={"t": 0.1})
+    assert [len(line.get_xdata()) for line in axes[0, 0].get_lines()][:2] == [2, 2]

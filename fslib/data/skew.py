@@ -37,6 +37,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from fslib import spectral
 from fslib.images import LabeledImages
 
 SKEWED: dict[str, str] = {"cifar10_skew": "cifar10"}
@@ -243,3 +244,28 @@ def test_variant(base: LabeledImages, name: str, kind: str, options: Mapping[str
     patterns = {"clean": torch.full_like(base.labels, -1), "aligned": base.labels.clone(),
                 "conflicting": other_classes(base.labels, base.num_classes, seed)}[kind]
     return _derive(base, name, patterns, config, seed + 1, opts, kind)
+
+
+def pattern_amplitude_ratio(clean: LabeledImages, aligned: LabeledImages, targets: torch.Tensor) -> torch.Tensor:
+    """How strong each class's pattern is against the natural content at its frequencies.
+
+    Parameters
+    ----------
+    clean, aligned : the same images without and with their class's pattern (:func:`test_variant`)
+    targets : Tensor, shape (K, H, W), bool (:func:`planted_targets`)
+
+    Returns
+    -------
+    Tensor, shape (K,), float64: per class, the mean amplitude (over its images, channels and
+    planted positions) of the aligned images divided by that of the clean images.
+    """
+    if not torch.equal(clean.labels, aligned.labels):
+        raise ValueError("clean and aligned must hold the same images in the same order")
+    out = torch.full((targets.shape[0],), float("nan"), dtype=torch.float64)
+    for k in range(targets.shape[0]):
+        mine = clean.labels == k
+        if mine.any():
+            amp = [spectral.amplitude_spectrum(s.images[mine].double() / 255.0)[..., targets[k]].mean()
+                   for s in (aligned, clean)]
+            out[k] = amp[0] / amp[1]
+    return out
