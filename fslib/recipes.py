@@ -90,21 +90,24 @@ _IMAGENETTE: dict[str, dict[str, Any]] = {
 
 # Chapter 9 (where a frequency shortcut lives): a clean and a frequency-skewed CIFAR-10 model
 # trained with one reduced recipe (the counterfactual compares the two), and the retraining of
-# one block that starts from either. Default: a class-balanced 5,000-image subset (no
-# validation split: the one-cycle schedule does not read it), 10 epochs.
+# one block that starts from either. Default: a class-balanced 4,000-image subset, 8 epochs, no
+# validation split (the one-cycle schedule does not read it). Measured at 5,000 images and 10
+# epochs (seed 0, 1 CPU thread): 61 s per model, clean model 58 % on clean test images.
 _LOCALIZATION: dict[str, dict[str, Any]] = {
     "smoke": dict(width=0.125, epochs=2, n_train=1000, n_test=200, val_fraction=0.0, scheduler="onecycle", lr=0.1,
                   weight_decay=5e-4, augment="flipcrop", **CPU_FAST),
-    "default": dict(width=0.25, epochs=10, n_train=5000, n_test=1000, val_fraction=0.0, scheduler="onecycle", lr=0.1,
+    "default": dict(width=0.25, epochs=8, n_train=4000, n_test=1000, val_fraction=0.0, scheduler="onecycle", lr=0.1,
                     weight_decay=5e-4, augment="flipcrop", **CPU_FAST),
     "paper": dict(width=1.0, epochs=200),  # all 50,000 images, the paper's recipe
 }
-# One epoch of one-cycle fine-tuning at half the base peak rate: the rate climbs and anneals to
-# ~0 within the epoch, so the retrained block settles (paper scale: 5 epochs, cosine)
+# One-cycle fine-tuning at half the base peak rate, annealed to ~0 so the retrained block settles.
+# Measured at 5,000 images (seed 0): retraining *every* block for 1 epoch reproduced 22 % of the
+# skewed model's drop on conflicting images and repaired 65 %; for 3 epochs 63 % and 70 %. The
+# default takes 3 epochs, so that the joint retraining does about two thirds of either effect.
 _RETRAIN: dict[str, dict[str, Any]] = {
     "smoke": dict(epochs=1, scheduler="onecycle", lr=0.05),
-    "default": dict(epochs=1, scheduler="onecycle", lr=0.05),
-    "paper": dict(epochs=5, scheduler="cosine", lr=0.01),
+    "default": dict(epochs=3, scheduler="onecycle", lr=0.05),
+    "paper": dict(epochs=10, scheduler="onecycle", lr=0.01),
 }
 
 
