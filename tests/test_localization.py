@@ -61,6 +61,8 @@ def test_without_a_skew_the_encode_retraining_is_the_control_bit_for_bit(cache):
     seed), so every contribution is exactly 0. With correlation 1 it is not."""
     for correlation, same in ((0.0, True), (1.0, False)):
         clean, skewed = pair(correlation=correlation)
+        a, b = clean.model.state_dict(), skewed.model.state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a) == same  # no skew: the "skewed" model is the clean one
         got = loc.counterfactual_runs(clean, skewed, ["layer1"], ("encode", "clean-clean"), "cpu", loader=loader, **TUNE)
         a, b = (got[d, "layer1"].model.state_dict() for d in ("encode", "clean-clean"))
         assert all(torch.equal(a[k], b[k]) for k in a) == same
