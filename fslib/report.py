@@ -8,7 +8,7 @@ verdict live here, each stated in its docstring, so a chapter never invents its 
   "does not hold" in none (claims 1a, 1b, 1c, 5);
 * :func:`shortcut_verdict`: claim 3, from a shortcut-test table;
 * :func:`transfer_verdict`: claim 4, from the transfer of shortcuts to OOD images;
-* :func:`spread_verdict`, :func:`roles_verdict`, :func:`mitigation_verdict`: Tsoy and
+* :func:`spread_verdict`, :func:`roles_verdict` (:func:`shallow_fraction`), :func:`mitigation_verdict`: Tsoy and
   Konstantinov's claims on where a shortcut lives (chapter 9);
 * :func:`differences` and :func:`describe_recipe`: a training config against the paper's
   recipe (the ``TrainConfig`` defaults), as table rows or one line.
@@ -140,27 +140,33 @@ def spread_verdict(shares: pd.Series, min_share: float = 0.2, dominant: float = 
     return VERDICTS[1]
 
 
-def roles_verdict(encode: pd.Series, repair: pd.Series, shallow: Sequence[str]) -> str:
-    """"Shallow layers mostly encode the spurious feature, deep layers mostly forget core
-    features", from the two curves of block contributions (mean over seeds, indexed by block).
+def shallow_fraction(shares: pd.Series, shallow: Sequence[str]) -> float:
+    """The share of a contribution curve's positive mass that lies in the ``shallow`` blocks
+    (negative shares count as 0; NaN when no block has a positive share).
 
-    Encoding is *shallow* when the positive encode shares of the ``shallow`` blocks add up to
-    more than those of the other blocks; forgetting is *deep* when the other (deep) blocks'
-    positive repair shares add up to more than the shallow ones'. "holds": both; "partly":
-    one; "does not hold": neither.
+    >>> shallow_fraction(pd.Series({"stem": 0.3, "layer1": 0.1, "head": 0.4, "all": 0.9}), ["stem", "layer1"])
+    0.5
+    """
+    s = pd.Series(shares, dtype=float).drop("all", errors="ignore").clip(lower=0)
+    total = s.sum()
+    return float(s[s.index.isin(list(shallow))].sum() / total) if total > 0 else float("nan")
+
+
+def roles_verdict(encode: pd.Series, repair: pd.Series, shallow: Sequence[str], majority: float = 0.6) -> str:
+    """"Shallow layers predominantly encode the spurious feature, deep layers predominantly
+    forget core features", from the two curves of block contributions (mean over seeds,
+    indexed by block; :func:`shallow_fraction`).
+
+    Encoding is *shallow* when at least ``majority`` of the encode curve's positive mass lies
+    in the ``shallow`` blocks; forgetting is *deep* when at least ``majority`` of the repair
+    curve's lies in the other blocks. "holds": both; "partly": one; "does not hold": neither.
 
     >>> enc, rep = pd.Series({"stem": 0.6, "head": 0.1}), pd.Series({"stem": 0.1, "head": 0.5})
     >>> roles_verdict(enc, rep, ["stem"]), roles_verdict(rep, enc, ["stem"])
     ('holds', 'does not hold')
     """
-    def halves(s: pd.Series) -> tuple[float, float]:
-        s = pd.Series(s, dtype=float).clip(lower=0)
-        low = s[s.index.isin(list(shallow))].sum()
-        return float(low), float(s.sum() - low)
-
-    enc_low, enc_high = halves(encode)
-    rep_low, rep_high = halves(repair)
-    return count_verdict(int(enc_low > enc_high) + int(rep_high > rep_low), 2)
+    enc, rep = shallow_fraction(encode, shallow), shallow_fraction(repair, shallow)
+    return count_verdict(int(enc >= majority) + int(1 - rep >= majority), 2)
 
 
 def mitigation_verdict(gain_conflicting: Sequence[float], gain_clean: Sequence[float], min_gain: float = 0.02) -> str:

@@ -85,3 +85,14 @@ def test_options_resolve_completely_and_bad_ones_fail():
         skew.resolve_options("cifar100_skew")
     with pytest.raises(ValueError, match="class indices"):
         skew.plant(base_set(4).images, torch.tensor([0, 1, 2, 10]), CFG)
+
+
+def test_removing_the_planted_positions_undoes_a_plant_up_to_rounding():
+    base = base_set(20)
+    patterns = torch.where(torch.arange(20) < 5, -1, torch.arange(20) % 10)  # the first five carry none
+    planted = skew.plant(base.images, patterns, CFG, seed=2)
+    undone = skew.remove_planted(planted, patterns, CFG)
+    back = skew.remove_planted(base.images, patterns, CFG)  # the natural content at those positions goes too
+    assert (undone.int() - back.int()).abs().max() <= 1
+    assert torch.equal(undone[:5], base.images[:5])
+    assert (planted.int() - back.int()).abs().max() > 5  # the pattern was there before

@@ -269,3 +269,28 @@ def pattern_amplitude_ratio(clean: LabeledImages, aligned: LabeledImages, target
                    for s in (aligned, clean)]
             out[k] = amp[0] / amp[1]
     return out
+
+
+def remove_planted(images: torch.Tensor, classes: torch.Tensor, config: SkewConfig, num_classes: int = 10) -> torch.Tensor:
+    """Remove from image ``i`` the planted positions of class ``classes[i]`` (nothing where it is -1).
+
+    The DFT coefficients at that class's frequencies and their conjugates are set to zero in
+    every channel (what a joint ablation of a whole pattern does; natural content at those
+    few positions goes with it).
+
+    Parameters
+    ----------
+    images : Tensor, shape (N, C, H, W), uint8
+    classes : Tensor, shape (N,), int, a class index or -1
+
+    Returns
+    -------
+    Tensor, shape (N, C, H, W), uint8 (rounded and clipped back)
+    """
+    classes = torch.as_tensor(classes).long()
+    targets = planted_targets(config, num_classes, images.shape[-1])
+    keep = torch.ones(len(images), *images.shape[-2:], dtype=torch.bool)
+    has = classes >= 0
+    keep[has] = ~targets[classes[has]]
+    x = spectral.filter_frequencies(images.double() / 255.0, keep)
+    return torch.round(x.clamp(0.0, 1.0) * 255.0).to(torch.uint8)
