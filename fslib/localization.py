@@ -163,7 +163,8 @@ def counterfactual_table(pairs: Mapping[tuple[str, int], Mapping[str, Run]], set
     -------
     DataFrame with columns ``arch``, ``seed``, ``direction`` (``"clean"`` / ``"skewed"`` for the
     two trained models, else a key of :data:`DIRECTIONS`), ``block`` (``""`` for the trained
-    models), one accuracy column per test set and ``follows_pattern``; ``train_seconds``.
+    models), one accuracy column per test set and ``follows_pattern``; ``train_seconds`` (wall)
+    and ``train_cpu_seconds`` (CPU time of the process, all threads), as recorded by each run.
     """
     subjects = {}
     for (arch, seed), pair in pairs.items():
@@ -174,6 +175,7 @@ def counterfactual_table(pairs: Mapping[tuple[str, int], Mapping[str, Run]], set
     table = accuracy_table(subjects, sets, device)
     table.columns = ["arch", "seed", "direction", "block", *table.columns[4:]]
     table["train_seconds"] = [r.metrics["train_seconds"] for r in subjects.values()]
+    table["train_cpu_seconds"] = [r.metrics.get("train_cpu_seconds", float("nan")) for r in subjects.values()]
     return table
 
 
