@@ -8,6 +8,8 @@ verdict live here, each stated in its docstring, so a chapter never invents its 
   "does not hold" in none (claims 1a, 1b, 1c, 5);
 * :func:`shortcut_verdict`: claim 3, from a shortcut-test table;
 * :func:`transfer_verdict`: claim 4, from the transfer of shortcuts to OOD images;
+* :func:`spread_verdict`, :func:`roles_verdict` (:func:`shallow_fraction`), :func:`mitigation_verdict`: Tsoy and
+  Konstantinov's claims on where a shortcut lives (chapter 9);
 * :func:`differences` and :func:`describe_recipe`: a training config against the paper's
   recipe (the ``TrainConfig`` defaults), as table rows or one line.
 """
@@ -112,6 +114,75 @@ def robustness_verdict(n_shortcut: dict[str, int], baseline: str) -> str:
     if not others:
         raise ValueError("need at least one model besides the baseline")
     return count_verdict(sum(others), len(others))
+
+
+def spread_verdict(shares: pd.Series, min_share: float = 0.2, dominant: float = 0.75) -> str:
+    """"Shortcut learning is not localised in one layer but spread through the network", from
+    one curve of block contributions (each block's share of the skew's effect when it alone is
+    retrained, mean over seeds; :func:`fslib.localization.layer_contributions`).
+
+    "holds" when at least two blocks reach ``min_share`` each (several blocks can each make a
+    sizeable part of the effect); "does not hold" when one block reaches ``dominant`` and no
+    other reaches ``min_share`` (one block carries it); "partly" otherwise (one block between
+    the two bars, or none reaching ``min_share``: no single block makes the effect).
+
+    >>> spread_verdict(pd.Series({"stem": 0.4, "layer1": 0.3})), spread_verdict(pd.Series({"stem": 0.9, "head": 0.1}))
+    ('holds', 'does not hold')
+    """
+    s = pd.Series(shares, dtype=float).dropna()
+    if s.empty:
+        raise ValueError("need at least one block's share")
+    big = int((s >= min_share).sum())
+    if big >= 2:
+        return VERDICTS[0]
+    if big == 1 and s.max() >= dominant:
+        return VERDICTS[2]
+    return VERDICTS[1]
+
+
+def shallow_fraction(shares: pd.Series, shallow: Sequence[str]) -> float:
+    """The share of a contribution curve's positive mass that lies in the ``shallow`` blocks
+    (negative shares count as 0; NaN when no block has a positive share).
+
+    >>> shallow_fraction(pd.Series({"stem": 0.3, "layer1": 0.1, "head": 0.4, "all": 0.9}), ["stem", "layer1"])
+    0.5
+    """
+    s = pd.Series(shares, dtype=float).drop("all", errors="ignore").clip(lower=0)
+    total = s.sum()
+    return float(s[s.index.isin(list(shallow))].sum() / total) if total > 0 else float("nan")
+
+
+def roles_verdict(encode: pd.Series, repair: pd.Series, shallow: Sequence[str], majority: float = 0.6) -> str:
+    """"Shallow layers predominantly encode the spurious feature, deep layers predominantly
+    forget core features", from the two curves of block contributions (mean over seeds,
+    indexed by block; :func:`shallow_fraction`).
+
+    Encoding is *shallow* when at least ``majority`` of the encode curve's positive mass lies
+    in the ``shallow`` blocks; forgetting is *deep* when at least ``majority`` of the repair
+    curve's lies in the other blocks. "holds": both; "partly": one; "does not hold": neither.
+
+    >>> enc, rep = pd.Series({"stem": 0.6, "head": 0.1}), pd.Series({"stem": 0.1, "head": 0.5})
+    >>> roles_verdict(enc, rep, ["stem"]), roles_verdict(rep, enc, ["stem"])
+    ('holds', 'does not hold')
+    """
+    enc, rep = shallow_fraction(encode, shallow), shallow_fraction(repair, shallow)
+    return count_verdict(int(enc >= majority) + int(1 - rep >= majority), 2)
+
+
+def mitigation_verdict(gain_conflicting: Sequence[float], gain_clean: Sequence[float], min_gain: float = 0.02) -> str:
+    """"Freezing or slowing the blocks the measurement blames mitigates the shortcut": an
+    intervention *helps* when it raises the mean accuracy on conflicting test images by at
+    least ``min_gain`` over the plain skewed model and costs at most ``min_gain`` on clean
+    ones; :func:`count_verdict` over the interventions tried.
+
+    >>> mitigation_verdict([0.10, 0.00], [0.01, 0.02])
+    'partly'
+    """
+    conf, clean = list(gain_conflicting), list(gain_clean)
+    if len(conf) != len(clean) or not conf:
+        raise ValueError(f"need one clean gain per conflicting gain, got {len(conf)} and {len(clean)}")
+    helps = sum(c >= min_gain and k >= -min_gain for c, k in zip(conf, clean))
+    return count_verdict(helps, len(conf))
 
 
 def _show(v: Any) -> str:

@@ -21,8 +21,10 @@ Extension points, each a config field (and so part of the run hash once set): th
 loss (``objective``, a registry :data:`OBJECTIVES`), an augmentation of the normalised model
 input (``input_augment``, :data:`fslib.augment.INPUT_AUGMENTS`), and fine-tuning from another
 finished run (``init_from``) with some blocks frozen (``trainable``) or re-initialised
-(``reinit``). Fields added after the first runs were cached stay out of the hash while they
-hold their defaults (:meth:`TrainConfig.to_dict`).
+(``reinit``), per-block learning-rate multipliers (``lr_scale``) and the settings of a derived
+dataset (``dataset_options``, e.g. the frequency skew of ``cifar10_skew``). Fields added after
+the first runs were cached stay out of the hash while they hold their defaults
+(:meth:`TrainConfig.to_dict`).
 
 Evaluation lives in :mod:`fslib.inference`, the learning-dynamics records in :mod:`fslib.tracking`.
 """
@@ -38,7 +40,6 @@ from typing import Any, Callable, Iterator, Sequence
 import pandas as pd
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from fslib import augment as aug
 from fslib import data, distributed, models
@@ -46,6 +47,7 @@ from fslib.constants import normalization
 from fslib.device import resolve_device
 from fslib.images import LabeledImages
 from fslib.inference import PRECISIONS, evaluate, normalize
+from fslib.objectives import OBJECTIVES, Objective, register_objective  # noqa: F401  (train.register_objective)
 from fslib.tracking import TrackingRecorder, _parse_track_set, track_set
 
 SCHEDULERS = ("plateau", "onecycle", "cosine", "constant")
@@ -53,32 +55,11 @@ SCHEDULERS = ("plateau", "onecycle", "cosine", "constant")
 Hook = Callable[[int, nn.Module], None]
 """``hook(step, model)``: called before the first step (step 0) and after every optimiser step."""
 
-Objective = Callable[..., tuple[torch.Tensor, torch.Tensor]]
-"""``objective(model, x, y, cfg, generator) -> (loss, logits)``: one training step's loss on the
-normalised batch ``x`` (the options are ``dict(cfg.objective_options)``)."""
-
-
-def _cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: "TrainConfig",
-                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    logits = model(x)
-    return F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing), logits
-
-
-OBJECTIVES: dict[str, Objective] = {"ce": _cross_entropy}
-"""Training objectives by name (``TrainConfig.objective``); ``"ce"`` is the paper's cross-entropy."""
-
-
-def register_objective(name: str, fn: Objective) -> None:
-    """Make ``fn`` available as ``TrainConfig(objective=name)``; a taken name raises ValueError."""
-    if name in OBJECTIVES and OBJECTIVES[name] is not fn:
-        raise ValueError(f"objective {name!r} is already registered; taken: {', '.join(OBJECTIVES)}")
-    OBJECTIVES[name] = fn
-
-
 # Fields added after run hashes were first recorded: left out of to_dict() (so out of every run
 # hash) while they hold these defaults, so the cached runs of a built book keep their hashes.
 _LATER_FIELDS: dict[str, Any] = {"input_augment": "none", "input_augment_options": (), "objective": "ce",
-                                 "objective_options": (), "init_from": None, "trainable": (), "reinit": ()}
+                                 "objective_options": (), "init_from": None, "trainable": (), "reinit": (),
+                                 "dataset_options": (), "lr_scale": ()}
 
 
 @dataclass(frozen=True)
@@ -126,20 +107,26 @@ class TrainConfig:
     init_from: str | None = None         # cache key of a finished run whose weights start this one (None: random init)
     trainable: tuple[str, ...] = ()      # parameter-name prefixes that train; the rest is frozen (empty: all train)
     reinit: tuple[str, ...] = ()         # with init_from: prefixes that start from a fresh initialisation instead
+    dataset_options: tuple[tuple[str, Any], ...] = ()  # settings of a derived dataset (cifar10_skew), completed with its defaults
+    lr_scale: tuple[tuple[str, float], ...] = ()       # (prefix, multiplier): those parameters train at lr x multiplier
 
     def __post_init__(self) -> None:
         for name in ("crop_scale", "track_sets", "trainable", "reinit"):
             value = getattr(self, name)
             if isinstance(value, list):
                 object.__setattr__(self, name, tuple(value))
-        for name in ("input_augment_options", "objective_options"):
+        for name in ("input_augment_options", "objective_options", "dataset_options"):
             value = getattr(self, name)
             if isinstance(value, dict):
                 value = value.items()
             object.__setattr__(self, name, tuple(sorted((str(k), v) for k, v in value)))
+        scales = self.lr_scale.items() if isinstance(self.lr_scale, dict) else self.lr_scale
+        object.__setattr__(self, "lr_scale", tuple((str(k), float(v)) for k, v in scales))
         trainable = [n for n, s in data.DATASETS.items() if "train" in s.splits]
         if self.dataset not in trainable:
             raise ValueError(f"unknown training dataset {self.dataset!r}; valid: {', '.join(trainable)}")
+        # every setting of a derived dataset is spelled out, so all of them are part of the run hash
+        object.__setattr__(self, "dataset_options", data.check_options(self.dataset, self.dataset_options))
         if self.model not in models.MODELS:
             raise ValueError(f"unknown model {self.model!r}; valid: {', '.join(models.MODELS)}")
         if self.scheduler not in SCHEDULERS:
@@ -166,6 +153,8 @@ class TrainConfig:
             "crop_scale": len(self.crop_scale) == 2 and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1,
             "max_iters": self.max_iters is None or self.max_iters >= 1,
             "n_train": self.n_train is None or self.n_train >= 1, "n_test": self.n_test is None or self.n_test >= 1,
+            "lr_scale": all(v > 0 and math.isfinite(v) for _, v in self.lr_scale)
+            and len({k for k, _ in self.lr_scale}) == len(self.lr_scale),
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -258,6 +247,8 @@ def load_data(cfg: TrainConfig, loader: Callable[..., LabeledImages] | None = No
     kw: dict[str, Any] = {"seed": cfg.data_seed, "progress": progress}
     if cfg.resolution is not None:
         kw["resolution"] = cfg.resolution
+    if cfg.dataset_options:
+        kw["options"] = dict(cfg.dataset_options)
     full = loader(cfg.dataset, "train", n=cfg.n_train, **kw)
     test = loader(cfg.dataset, "test", n=cfg.n_test, **kw)
     n_val = int(round(cfg.val_fraction * len(full)))
@@ -326,8 +317,7 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.frozen = self._freeze()
         self.net = self._distribute()  # what the training step calls: the model, or its DDP wrapper
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+        self.optimizer = torch.optim.SGD(self._param_groups(), lr=cfg.lr, momentum=cfg.momentum,
                                          nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
         self.scheduler = self._make_scheduler()
         self.epoch = 0  # epochs completed
@@ -383,6 +373,21 @@ class Trainer:
         ids = [self.device.index] if self.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
 
+    def _param_groups(self) -> list[dict[str, Any]]:
+        """The optimiser's parameter groups: one at ``cfg.lr``, one per ``cfg.lr_scale`` entry at
+        ``lr x multiplier`` (frozen parameters in none; a parameter under two prefixes is an error)."""
+        scale_of: dict[str, float] = {}
+        for prefix, factor in self.cfg.lr_scale:
+            for name in self._matching([prefix], "lr_scale"):
+                if name in scale_of:
+                    raise ValueError(f"lr_scale prefixes overlap at {name!r}: give each parameter one multiplier")
+                scale_of[name] = factor
+        groups: dict[float, list[nn.Parameter]] = {1.0: []}
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                groups.setdefault(scale_of.get(name, 1.0), []).append(p)
+        return [{"params": ps, "lr": self.cfg.lr * f} for f, ps in groups.items() if ps]
+
     def _own_rng(self):
         """Seed torch's global generators inside without changing the caller's RNG state."""
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
@@ -394,7 +399,8 @@ class Trainer:
             return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=cfg.plateau_factor,
                                                               patience=cfg.plateau_patience)
         if cfg.scheduler == "onecycle":
-            return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=self.total_steps)
+            return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups],
+                                                       total_steps=self.total_steps)
         if cfg.scheduler == "cosine":
             return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.total_steps)
         return None

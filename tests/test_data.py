@@ -111,7 +111,7 @@ def decodes(monkeypatch) -> list:
 
 def test_registry_lists_every_dataset_and_unknown_names_fail():
     expected = {"syn_b1", "syn_b2", "syn_b3", "syn_b4", "cifar10", "imagenette", "imagenet10",
-                "imagenet10_samples", "cue_conflict", "edges", "silhouettes", "imagenet_sct"}
+                "imagenet10_samples", "cue_conflict", "edges", "silhouettes", "imagenet_sct", "cifar10_skew"}
     assert set(data.DATASETS) == expected
     with pytest.raises(ValueError, match="unknown dataset 'cifar100'.*cifar10.*imagenet_sct"):
         data.load("cifar100")
@@ -463,7 +463,7 @@ def test_edges_and_silhouettes_default_to_the_mapped_classes(env):
 def test_status_reports_found_checksum_and_prepared(env, tmp_path, monkeypatch):
     data.load("cifar10", "test", progress=False)
     rows = {r["name"]: r for r in data.status()}
-    assert set(rows) == set(data.DATASETS) - {"syn_b1", "syn_b2", "syn_b3", "syn_b4"}
+    assert set(rows) == set(data.DATASETS) - {"syn_b1", "syn_b2", "syn_b3", "syn_b4", "cifar10_skew"}  # derived on load
     assert rows["cifar10"]["found"] and rows["cifar10"]["sha256_ok"] is True
     assert rows["cifar10"]["prepared"] == ["test@32"]
     assert not rows["imagenet10"]["found"] and "FSLIB_IMAGENET10" in rows["imagenet10"]["error"]
@@ -609,3 +609,16 @@ def test_cli_rejects_resolution_zero(env, capsys):
     assert "resolution 0" in err and "valid: 32, 64, 112, 224" in err
     assert not (Path(os.environ["FSLIB_CACHE"]) / "prepared").exists() or not any(
         p.name.startswith("imagenette") for p in (Path(os.environ["FSLIB_CACHE"]) / "prepared").iterdir())
+def test_skewed_cifar10_is_derived_from_the_prepared_cifar10(env):
+    base = data.load("cifar10", "train", progress=False)
+    skewed = data.load("cifar10_skew", "train", options={"correlation": 0.5}, progress=False)
+    assert torch.equal(skewed.labels, base.labels) and skewed.name == "cifar10_skew"
+    carriers = skewed.extra["pattern"] >= 0
+    assert 0 < int(carriers.sum()) < len(base) and torch.equal(skewed.images[~carriers], base.images[~carriers])
+    assert torch.equal(data.load("cifar10_skew", "test", progress=False).images, data.load("cifar10", "test").images)
+    conflicting = data.skewed_test("cifar10_skew", "conflicting", progress=False)
+    assert bool((conflicting.extra["pattern"] != conflicting.labels).all())
+    with pytest.raises(ValueError, match="derived from 'cifar10'"):
+        data.prepare("cifar10_skew")
+    with pytest.raises(ValueError, match="takes no options"):
+        data.load("cifar10", "test", options={"correlation": 0.5})

@@ -12,8 +12,8 @@ ROOT = Path(__file__).resolve().parents[1] / "fslib"
 LAYERS = {
     0: ["paths", "io", "artefacts", "device", "distributed", "constants", "spectral", "images", "models", "inference"],
     1: ["synthetic", "data"],
-    2: ["augment", "tracking", "train", "recipes", "runs"],
-    3: ["metrics", "stability", "dfm", "ntk", "ntk_flow", "ntk_linear", "ntk_fourier"],
+    2: ["augment", "tracking", "objectives", "train", "recipes", "runs"],
+    3: ["metrics", "stability", "dfm", "localization", "ntk", "ntk_flow", "ntk_linear", "ntk_fourier"],
     4: ["dynamics", "ood", "compare", "report"],
     5: ["plot"],
     6: ["book", "cli", "__main__"],

@@ -80,3 +80,17 @@ def test_every_recipe_keeps_its_run_hash():
     changed = {k: (v, now.get(k)) for k, v in recorded.items() if now.get(k) != v}
     assert not changed, f"{len(changed)} recipe hashes changed (cached runs would retrain): {changed}"
     assert len(recorded) == 150
+
+
+@pytest.mark.parametrize("scale", recipes.SCALES)
+def test_localization_pair_differs_only_in_the_data(scale):
+    for model in ("resnet18", "vgg16"):
+        clean, skewed = recipes.localization(False, model, 1, scale), recipes.localization(True, model, 1, scale)
+        assert (clean.dataset, skewed.dataset, clean.seed) == ("cifar10", "cifar10_skew", 1)
+        a, b = clean.to_dict(), skewed.to_dict()
+        assert {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)} == {"dataset", "dataset_options"}
+        tuned = train.TrainConfig(**{**a, **recipes.retraining(scale)})
+        assert tuned.epochs >= 1 and tuned.lr > 0
+    assert dict(recipes.localization(True, skew_options={"correlation": 0.8}).dataset_options)["correlation"] == 0.8
+    with pytest.raises(ValueError, match="clean model"):
+        recipes.localization(False, skew_options={"correlation": 0.8})

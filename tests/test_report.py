@@ -1,6 +1,7 @@
 import pandas as pd
 import pytest
 
+from fslib import report
 from fslib.report import (
     VERDICTS,
     count_verdict,
@@ -77,3 +78,21 @@ def test_shortcut_verdict_rules(rows, verdict, strong):
     got, flags = shortcut_verdict(t)
     assert got == verdict and flags.tolist() == strong
     assert shortcut_verdict(t, max_fpr=1.0)[1].tolist() == [r[2] and r[0] >= 0.6 for r in rows]
+
+
+def test_localization_verdicts_follow_their_rules():
+    spread = report.spread_verdict
+    assert spread(pd.Series({"stem": 0.3, "layer1": 0.25, "head": 0.0})) == "holds"          # two sizeable blocks
+    assert spread(pd.Series({"stem": 0.8, "layer1": 0.1, "head": 0.05})) == "does not hold"  # one block carries it
+    assert spread(pd.Series({"stem": 0.5, "layer1": 0.1})) == "partly"                       # one, but not dominant
+    assert spread(pd.Series({"stem": 0.05, "layer1": 0.1, "head": float("nan")})) == "partly"  # none alone
+    shallow = ["stem", "layer1"]
+    enc = pd.Series({"stem": 0.5, "layer1": 0.2, "layer4": 0.2, "head": -0.3, "all": 0.9})
+    rep = pd.Series({"stem": 0.1, "layer1": 0.1, "layer4": 0.5, "head": 0.3})
+    assert report.shallow_fraction(enc, shallow) == pytest.approx(0.7 / 0.9)  # negatives and "all" left out
+    assert report.roles_verdict(enc, rep, shallow) == "holds"
+    assert report.roles_verdict(enc, enc, shallow) == "partly"       # forgetting sits shallow too
+    assert report.roles_verdict(rep, enc, shallow) == "does not hold"
+    assert report.mitigation_verdict([0.05, 0.05, 0.0], [0.0, -0.05, 0.0]) == "partly"  # the second costs clean accuracy
+    with pytest.raises(ValueError, match="one clean gain"):
+        report.mitigation_verdict([0.1], [])

@@ -160,3 +160,43 @@ def test_registered_objective_and_input_augmentation_drive_the_step():
             train.register_objective("_doubled_test", lambda *a: a)
     finally:
         del train.OBJECTIVES["_doubled_test"], aug.INPUT_AUGMENTS["_zero_test"]
+
+
+def test_dataset_options_are_spelled_out_in_the_hash_and_refused_where_unknown():
+    skewed = train.TrainConfig(**{**TINY, "dataset": "cifar10_skew"})
+    options = dict(skewed.dataset_options)
+    assert options["correlation"] == 0.95 and len(options) >= 5  # every setting, defaults included
+    assert skewed.to_dict()["dataset_options"] == [list(p) for p in skewed.dataset_options]
+    assert train.TrainConfig.from_dict(json.loads(json.dumps(skewed.to_dict()))) == skewed
+    other = train.TrainConfig(**{**TINY, "dataset": "cifar10_skew"}, dataset_options={"correlation": 0.5})
+    assert other != skewed and dict(other.dataset_options)["amplitude"] == options["amplitude"]
+    assert "dataset_options" not in train.TrainConfig(**TINY).to_dict()  # the clean runs keep their hashes
+    with pytest.raises(ValueError, match="takes no options"):
+        train.TrainConfig(**TINY, dataset_options={"correlation": 0.5})
+    with pytest.raises(ValueError, match="unknown option.*valid: amplitude, correlation"):
+        train.TrainConfig(**{**TINY, "dataset": "cifar10_skew"}, dataset_options={"corr": 0.5})
+
+
+def test_lr_scale_multiplies_the_first_step_of_the_scaled_blocks_only():
+    """Plain SGD (no momentum, no decay, constant lr): the first update is -lr x gradient, so a
+    block at lr x 0.25 moves exactly a quarter as far from the same start, and the rest the same."""
+    base = {**TINY, "epochs": 1, "max_iters": 1, "scheduler": "constant", "momentum": 0.0, "nesterov": False,
+            "weight_decay": 0.0, "augment": "none", "val_fraction": 0.0}
+    steps = {}
+    for scale in ((), (("layer2", 0.25), ("classifier", 0.5))):
+        cfg = train.TrainConfig(**base, lr_scale=scale)
+        t = train.Trainer(cfg, train.load_data(cfg, toy_loader), "cpu", progress=False)
+        before = {k: v.clone() for k, v in t.model.named_parameters()}
+        t.fit()
+        steps[scale] = {k: v.detach() - before[k] for k, v in t.model.named_parameters()}
+        assert [g["lr"] for g in t.optimizer.param_groups] == ([0.05] if not scale else [0.05, 0.0125, 0.025])
+    plain, scaled = steps.values()
+    for k in plain:
+        factor = 0.25 if k.startswith("layer2.") else 0.5 if k.startswith("classifier.") else 1.0
+        assert torch.allclose(scaled[k], factor * plain[k], rtol=1e-3, atol=1e-7), k  # fp32 rounding of w + step
+    assert any(plain[k].abs().sum() > 0 for k in plain if k.startswith("layer2."))
+    with pytest.raises(ValueError, match="lr_scale"):
+        train.TrainConfig(**TINY, lr_scale={"layer2": 0.0})
+    with pytest.raises(ValueError, match="overlap"):
+        cfg = train.TrainConfig(**base, lr_scale={"layer2": 0.5, "layer2.0": 0.1})
+        train.Trainer(cfg, train.load_data(cfg, toy_loader), "cpu", progress=False)

@@ -44,17 +44,47 @@ from fslib.data.sources import _open_source
 from fslib.images import ArchiveCorrupt, DataError, DatasetNotFound, LabeledImages, NotEnoughSpace
 from fslib.paths import data_root
 from fslib import synthetic
+from fslib.data import skew
 
 __all__ = [
     "DATASETS", "EXPECTED_SHA256", "IMAGE_RESOLUTIONS", "RESIZE", "CUE_SUBFOLDERS", "PREP_VERSION", "DatasetSpec",
     "LabeledImages", "DataError", "DatasetNotFound", "ArchiveCorrupt", "NotEnoughSpace", "ArtefactWarning",
-    "load", "prepare", "status", "format_status", "balanced_subset",
+    "load", "prepare", "status", "format_status", "balanced_subset", "check_options", "skewed_test", "skew",
 ]
+
+
+def check_options(name: str, options=None) -> tuple:
+    """The complete settings of a dataset that takes options, as sorted ``(field, value)``
+    pairs (:func:`fslib.data.skew.resolve_options`); ``()`` for the others, which take none.
+
+    >>> check_options("cifar10"), dict(check_options("cifar10_skew"))["correlation"]
+    ((), 0.95)
+    """
+    _spec(name)
+    if name in skew.SKEWED:
+        return skew.resolve_options(name, options or ())
+    if options:
+        raise ValueError(f"{name!r} takes no options (got {dict(options)}); only {', '.join(skew.SKEWED)} do")
+    return ()
+
+
+def skewed_test(name: str, kind: str, *, n: int | None = None, seed: int = 0, options=None,
+                progress: bool = True, download: bool | None = None) -> LabeledImages:
+    """A test set of a skewed dataset: ``"clean"``, ``"aligned"`` (each image carries its own
+    class's pattern) or ``"conflicting"`` (another class's); see :func:`fslib.data.skew.test_variant`.
+
+    ``n`` and ``seed`` pick a class-balanced subset of the base test split (as :func:`load`);
+    ``seed`` also draws the phases and the conflicting classes.
+    """
+    if name not in skew.SKEWED:
+        raise ValueError(f"unknown skewed dataset {name!r}; valid: {', '.join(skew.SKEWED)}")
+    base = load(skew.SKEWED[name], "test", n=n, seed=seed, progress=progress, download=download)
+    return skew.test_variant(base, name, kind, check_options(name, options), seed=seed)
 
 
 def load(name: str, split: str | None = None, *, n: int | None = None, resolution: int | None = None,
          seed: int = 0, progress: bool = True, root: str | os.PathLike | None = None,
-         download: bool | None = None, all_classes: bool = False) -> LabeledImages:
+         download: bool | None = None, all_classes: bool = False, options=None) -> LabeledImages:
     """Load a dataset by registry name, preparing its cache on first use.
 
     Parameters
@@ -62,7 +92,8 @@ def load(name: str, split: str | None = None, *, n: int | None = None, resolutio
     name : str
         A key of :data:`DATASETS`: ``syn_b1``..``syn_b4`` (from :mod:`fslib.synthetic`),
         ``cifar10``, ``imagenette``, ``imagenet10``, ``imagenet10_samples``, ``cue_conflict``,
-        ``edges``, ``silhouettes``, ``imagenet_sct``.
+        ``edges``, ``silhouettes``, ``imagenet_sct``; ``cifar10_skew`` (CIFAR-10 with a
+        planted class-correlated frequency pattern, :mod:`fslib.data.skew`).
     split : str, optional
         ``"train"`` or ``"test"`` (``"test"`` is ImageNet's ``val/`` folder); ``None`` means
         ``"train"``, or ``"test"`` for the test-only sets.
@@ -83,6 +114,9 @@ def load(name: str, split: str | None = None, *, n: int | None = None, resolutio
         Imagenette); ``None`` reads ``FSLIB_DOWNLOAD``.
     all_classes : bool
         Stimuli sets: all 16 classes instead of the 7 that map onto CIFAR-10 and ImageNet-10.
+    options : mapping, optional
+        Settings of a derived dataset (:class:`fslib.data.skew.SkewConfig` fields for the
+        skewed sets); other datasets take none.
 
     Returns
     -------
@@ -112,6 +146,10 @@ def load(name: str, split: str | None = None, *, n: int | None = None, resolutio
     spec = _spec(name)
     split, size = _check_args(spec, split, resolution, root, download, all_classes)
     split = split or spec.splits[0]
+    resolved = check_options(name, options)
+    if name in skew.SKEWED:
+        base = load(skew.SKEWED[name], split, n=n, seed=seed, progress=progress, download=download)
+        return skew.derive_split(base, name, resolved, seed=seed)
     if name in _SYN:
         return synthetic.load_labeled(name, split, n=n, seed=seed)
     folder = _prepare_split(spec, split, size, root, download, all_classes, progress)
@@ -129,6 +167,8 @@ def prepare(name: str, split: str | None = None, *, resolution: int | None = Non
     spec = _spec(name)
     if name in _SYN:
         raise ValueError(f"{name!r} is synthetic: fslib.synthetic generates it on load, there is no archive to prepare")
+    if name in skew.SKEWED:
+        raise ValueError(f"{name!r} is derived from {skew.SKEWED[name]!r} on load: prepare {skew.SKEWED[name]!r}")
     split, size = _check_args(spec, split, resolution, root, download, all_classes)
     return [_prepare_split(spec, s, size, root, download, all_classes, progress) for s in ([split] if split else spec.splits)]
 
@@ -146,7 +186,7 @@ def status(recheck: bool = True) -> list[dict]:
     """
     rows = []
     for name, spec in DATASETS.items():
-        if name in _SYN:
+        if name in _SYN or name in skew.SKEWED:
             continue
         row = {"name": name, "source": spec.archive or spec.root_env, "found": False, "path": None,
                "sha256_ok": None, "prepared": [], "damaged": [], "error": None}

@@ -69,6 +69,9 @@ DATASETS: dict[str, DatasetSpec] = {
     "silhouettes": DatasetSpec("silhouettes", **_CUE_KW),
     "imagenet_sct": DatasetSpec("imagenet_sct", K.IMAGENET_SCT_CLASSES, splits=("test",),
                                 root_env="FSLIB_IMAGENET_SCT", license="built by Wang et al.; ImageNet-derived"),
+    # derived from cifar10 by fslib.data.skew (a planted class-correlated frequency pattern)
+    "cifar10_skew": DatasetSpec("cifar10_skew", K.CIFAR10_CLASSES, archive="cifar10_jpeg.zip", download=True,
+                                resolutions=(32,), native=32, license="no formal licence (research use)"),
 }
 
 
