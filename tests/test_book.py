@@ -85,7 +85,7 @@ def test_parameters_cell_must_hold_literals(tmp_path):
     bad.write_text(
         "---\njupytext:\n  text_representation:\n    extension: .md\n    format_name: myst\n"
         "kernelspec:\n  name: python3\n  display_name: Python 3\n---\n"
-        "```{code-cell} python\n:tags: [parameters]\nn = len([1])\n```\n"
+        "```{code-cell} python\n:tags: [parameters]\nn: int = len([1])\n```\n"
     )
     with pytest.raises(book.UsageError, match="not a plain literal"):
         book.chapter_parameters(book.Chapter(1, "01_bad", bad))
@@ -129,9 +129,11 @@ def test_parse_assignments_uses_yaml_values():
 
 def test_plan_applies_profile_then_cli_overrides():
     chapter = CHAPTERS[0]
-    name = next(iter(book.chapter_parameters(chapter)))
-    plans = book.plan_run("smoke", [chapter.stem], {name: "override"})
-    assert plans[0].parameters[name] == "override"
+    smoke = book.load_profile("smoke")["chapters"][chapter.stem]
+    name, value = next(iter(smoke.items()))
+    assert book.plan_run("smoke", [chapter.stem])[0].parameters[name] == value
+    plans = book.plan_run("smoke", [chapter.stem], {name: value + 1})
+    assert plans[0].parameters[name] == value + 1 and plans[0].cli == {name: value + 1}
 
 
 def test_cli_exit_status_from_a_fresh_process():
