@@ -6,10 +6,16 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.fsbook-installed
 
-# Local natural-image archives (no internet here); users online leave FSLIB_DATA unset.
+# Natural-image data: the archives in $FSLIB_DATA when it is set (here: ../shared/data when that
+# folder exists); otherwise the official downloads (FSLIB_DOWNLOAD=1: CIFAR-10 and Imagenette
+# through torchvision, the texture-vs-shape stimuli from GitHub, each checked by checksum).
+# `fslib run` checks every dataset before the first chapter runs.
 SHARED_DATA := $(abspath ../shared/data)
 ifneq ($(wildcard $(SHARED_DATA)),)
 export FSLIB_DATA ?= $(SHARED_DATA)
+endif
+ifeq ($(strip $(FSLIB_DATA)),)
+export FSLIB_DOWNLOAD ?= 1
 endif
 
 SHELL := /bin/bash

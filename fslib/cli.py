@@ -25,6 +25,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE",
                      help="override a chapter parameter (YAML value)")
     run.add_argument("--force", action="store_true", help="execute even when the cached notebook is up to date")
+    run.add_argument("--output", default=None, metavar="DIR",
+                     help="folder for the executed notebooks (default: book/executed, or with -p "
+                          "_build/sweeps/<profile>-<overrides>/ so that a sweep never overwrites the book)")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
 
     build = sub.add_parser("build", help="build the HTML book from the executed notebooks")
     build.add_argument("--all", action="store_true", help="rebuild every page (jupyter-book --all)")
@@ -47,9 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
-            overrides = book.parse_assignments(args.parameter)
-            plans = book.plan_run(args.profile, args.chapter, overrides)
-            book.run_chapters(plans, args.profile, force=args.force)
+            _run(args)
         elif args.command == "build":
             index = book.build(all_pages=args.all, strict=not args.no_strict, keep_going=args.keep_going, output=args.output)
             print(f"[fslib] book built: {index}")
@@ -63,10 +65,21 @@ def main(argv: list[str] | None = None) -> int:
     except book.UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return USAGE_ERROR
-    except book.ChapterFailed as exc:
+    except (book.ChapterFailed, book.DataMissing) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _run(args) -> None:
+    """``fslib run``: validate everything, warn about the cost, check the data, then execute."""
+    overrides = book.parse_assignments(args.parameter)
+    plans = book.plan_run(args.profile, args.chapter, overrides)
+    warning = book.cost_warning(args.profile, plans)
+    if warning:
+        print(warning, file=sys.stderr)
+    book.check_data(plans)
+    book.run_chapters(plans, args.profile, force=args.force, output=args.output, progress=not args.quiet)
 
 
 def _data(args) -> int:

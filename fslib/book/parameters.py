@@ -312,3 +312,44 @@ def value_problems(chapter: str, declarations: dict[str, Declaration], values: d
         for rule in RELATIONS.get(chapter, []):
             problems += [f"chapter {chapter}, parameter {name}: {reason}" for name, reason in rule(values)]
     return problems
+
+
+def literal(value: Any) -> str:
+    """``value`` as a Python literal in the style of the parameters cells (double quotes).
+
+    >>> literal(["syn_b1", 2, None, [0.5, True]])
+    '["syn_b1", 2, None, [0.5, True]]'
+    """
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(literal(v) for v in value) + "]"
+    return repr(value)
+
+
+def source_as_run(source: str, values: dict[str, Any]) -> str:
+    """A ``parameters`` cell rewritten to show the values a run used instead of the defaults.
+
+    Each changed line keeps its name, type and comment, gets the run's value, and says the
+    chapter's default at the end of its comment.
+
+    >>> source_as_run("n: int = 3  # images\\nk: int = 1  # other", {"n": 5, "k": 1})
+    'n: int = 5  # images (chapter default: 3)\\nk: int = 1  # other'
+    """
+    lines = source.splitlines()
+    for node in ast.parse(source).body:
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None):
+            continue
+        name, value = node.target.id, node.value
+        if name not in values or value.lineno != value.end_lineno:
+            continue
+        default = ast.literal_eval(value)
+        if values[name] == default and type(values[name]) is type(default):
+            continue
+        i = value.lineno - 1
+        line = lines[i].encode()  # ast offsets count UTF-8 bytes
+        code = line[:value.col_offset].decode() + literal(values[name])
+        comment = line[value.end_col_offset:].decode()
+        note = f"(chapter default: {literal(default)})"
+        lines[i] = code + (comment.rstrip() + " " + note if "#" in comment else f"  # {note}")
+    return "\n".join(lines) + ("\n" if source.endswith("\n") else "")

@@ -13,14 +13,19 @@ import datetime as _dt
 import hashlib
 import os
 import re
+import shlex
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from fslib import __version__, paths
 from fslib.book.chapters import Chapter, ChapterFailed
+from fslib.book.parameters import source_as_run
 from fslib.book.profiles import Plan
+from fslib.book.progress import KernelStderr, cells_bar
 from fslib.io import atomic_path, read_json, stable_hash, write_json
 
 RUN_RECORDS = "runs.json"
@@ -42,6 +47,7 @@ def _execution_key(plan: Plan, profile: str) -> str:
         {
             "source": hashlib.sha256(plan.chapter.path.read_bytes()).hexdigest(),
             "parameters": plan.parameters,
+            "cli": plan.cli,
             "profile": profile,
             "fslib": library_fingerprint(),
         }
@@ -62,12 +68,29 @@ def _seeds(params: dict[str, Any]) -> str:
     return ", ".join(f"`{k} = {v!r}`" for k, v in found.items()) or "none"
 
 
+def yaml_value(value: Any) -> str:
+    """A parameter value as ``-p name=VALUE`` takes it (YAML flow style).
+
+    >>> yaml_value(["syn_b1", "syn_b2"]), yaml_value(0.5), yaml_value(None), yaml_value("a b")
+    ('[syn_b1, syn_b2]', '0.5', 'null', 'a b')
+    """
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+    return text.removesuffix("...").strip()
+
+
+def rerun_command(plan: Plan, profile: str) -> str:
+    """The exact ``python -m fslib run`` command that executes ``plan`` again (``-p`` overrides included)."""
+    parts = ["python", "-m", "fslib", "run", "--profile", profile, "--chapter", str(plan.chapter.number)]
+    for name, value in plan.cli.items():
+        parts += ["-p", f"{name}={yaml_value(value)}"]
+    return shlex.join(parts)
+
+
 def run_settings_markdown(plan: Plan, profile: str, device: str, seconds: float, when: str) -> str:
     """The "Run settings" admonition shown under a chapter's title."""
     effective = {**plan.defaults, **plan.parameters}
     changed = {k: v for k, v in plan.parameters.items() if plan.defaults.get(k) != v}
     changed_text = ", ".join(f"`{k} = {v!r}`" for k, v in changed.items()) or "none (the chapter's defaults)"
-    rerun = f"python -m fslib run --profile {profile} --chapter {plan.chapter.number}"
     return (
         "```{admonition} Run settings\n"
         ":class: note\n\n"
@@ -75,7 +98,24 @@ def run_settings_markdown(plan: Plan, profile: str, device: str, seconds: float,
         f"executed {when} with fslib {__version__}\n\n"
         f"**Parameters that differ from the defaults:** {changed_text}\n\n"
         f"**Seeds:** {_seeds(effective)}\n\n"
-        f"Re-run this chapter with `{rerun}` (add `-p name=value` to change a parameter).\n"
+        f"This page was produced by `{rerun_command(plan, profile)}` "
+        "(add `-p name=value` to change a parameter).\n"
+        "```"
+    )
+
+
+NOT_RESULTS = {"smoke"}
+"""Profiles whose pages carry the "numbers are not results" banner."""
+
+
+def smoke_banner_markdown(profile: str) -> str:
+    """The banner on a page executed with a profile of :data:`NOT_RESULTS`."""
+    return (
+        f"```{{admonition}} Executed with the `{profile}` profile: the numbers on this page are not results\n"
+        ":class: warning fsbook-not-results\n\n"
+        f"The `{profile}` profile only proves that the code runs: tiny models, a few iterations, a few "
+        "images. The verdicts and numbers below say nothing about the paper. The book built with "
+        "`python -m fslib run --profile default` holds the results.\n"
         "```"
     )
 
@@ -102,6 +142,24 @@ def _plain_scalars(nb) -> None:
                     data[key] = plain_scalar_text(data[key])
 
 
+def _title_index(nb) -> int:
+    """Index of the first markdown cell with a ``# title`` line (the chapter's title)."""
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "markdown" and re.search(r"^# ", cell.source, flags=re.MULTILINE):
+            return i
+    return -1
+
+
+def _glue_cell(nbformat, name: str, value: str):
+    """A hidden code cell holding what ``myst_nb.glue(name, value, display=False)`` would store."""
+    cell = nbformat.v4.new_code_cell("")
+    cell.metadata["tags"] = ["remove-cell"]
+    prefix = "application/papermill.record/"
+    cell.outputs = [nbformat.v4.new_output("display_data", data={prefix + "text/plain": repr(value)},
+                                           metadata={"scrapbook": {"name": name, "mime_prefix": prefix}})]
+    return cell
+
+
 def _finalise(nb_path: Path, plan: Plan, profile: str, device: str, seconds: float, key: str) -> None:
     import nbformat
 
@@ -115,14 +173,21 @@ def _finalise(nb_path: Path, plan: Plan, profile: str, device: str, seconds: flo
             tags.append("remove-cell")
             insert_at = i + 1
         elif "parameters" in tags and not insert_at:
+            cell.source = source_as_run(cell.source, plan.values)  # the values this page ran with
             insert_at = i + 1
     box = nbformat.v4.new_markdown_cell(run_settings_markdown(plan, profile, device, seconds, when))
     box.metadata["tags"] = ["fsbook-run-settings"]
     nb.cells.insert(insert_at, box)
+    if profile in NOT_RESULTS:
+        banner = nbformat.v4.new_markdown_cell(smoke_banner_markdown(profile))
+        banner.metadata["tags"] = ["fsbook-not-results"]
+        nb.cells.insert(_title_index(nb) + 1, banner)
+    nb.cells.append(_glue_cell(nbformat, "fsbook_profile", profile))  # the intro's table shows it
     nb.metadata["fsbook"] = {
         "key": key,
         "profile": profile,
         "parameters": plan.parameters,
+        "cli": plan.cli,
         "device": device,
         "wall_seconds": round(seconds, 1),
         "executed": when,
@@ -132,28 +197,47 @@ def _finalise(nb_path: Path, plan: Plan, profile: str, device: str, seconds: flo
         nbformat.write(nb, tmp)
 
 
-def _record(chapter: Chapter, meta: dict[str, Any]) -> None:
-    path = paths.executed_dir() / RUN_RECORDS
+def _record(out_dir: Path, chapter: Chapter, meta: dict[str, Any]) -> None:
+    path = out_dir / RUN_RECORDS
     records = read_json(path) if path.exists() else {}
     records[chapter.stem] = meta
     write_json(path, records)
 
 
-def _cached_notebook(profile: str, chapter: Chapter) -> Path:
-    return paths.cache_dir("executed", profile) / f"{chapter.stem}.ipynb"
+def _cached_notebook(profile: str, plan: Plan, key: str) -> Path:
+    """The per-profile cache of executed notebooks; a run with ``-p`` overrides has its own entry."""
+    name = plan.chapter.stem if not plan.cli else f"{plan.chapter.stem}-{key[:12]}"
+    return paths.cache_dir("executed", profile) / f"{name}.ipynb"
 
 
-def run_chapters(plans: list[Plan], profile: str, *, force: bool = False, log=print) -> list[dict[str, Any]]:
+def default_output(plans: list[Plan], profile: str) -> Path:
+    """Where executed notebooks go: the book's ``book/executed`` for a plain profile run; a run with
+    ``-p`` overrides goes to ``_build/sweeps/<profile>-<overrides>/`` so it never overwrites the book."""
+    cli = {k: v for plan in plans for k, v in plan.cli.items()}
+    if not cli:
+        return paths.executed_dir()
+    label = "-".join(f"{k}={yaml_value(v)}" for k, v in sorted(cli.items()))
+    label = re.sub(r"[^A-Za-z0-9._=,-]+", "", label.replace(" ", ""))
+    if len(label) > 60:
+        label = label[:48] + "-" + stable_hash(cli, 8)
+    return paths.repo_root() / "_build" / "sweeps" / f"{profile}-{label}"
+
+
+def run_chapters(plans: list[Plan], profile: str, *, force: bool = False, log=print,
+                 output: str | os.PathLike | None = None, progress: bool = True) -> list[dict[str, Any]]:
     """Execute chapters with papermill; return one record per chapter.
 
-    Raises :class:`ChapterFailed` at the first failing chapter, naming it and the failing
-    cell's error; the partial notebook is kept as ``book/executed/NN_name.failed.ipynb``.
+    Executed notebooks go to ``output`` (default: :func:`default_output`). Raises
+    :class:`ChapterFailed` at the first failing chapter, naming it and the failing cell's
+    error; the partial notebook is kept as ``<output>/NN_name.failed.ipynb``.
     """
     import jupytext
     import nbformat
     import papermill
 
-    out_dir = paths.executed_dir()
+    out_dir = Path(output) if output is not None else default_output(plans, profile)
+    out_dir = out_dir.resolve()
+    in_book = out_dir == paths.executed_dir().resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     # the kernel inherits this process's environment: a non-interactive MPLBACKEND (e.g. Agg)
     # would silently drop every figure from the executed notebooks
@@ -161,16 +245,17 @@ def run_chapters(plans: list[Plan], profile: str, *, force: bool = False, log=pr
     records = []
     for plan in plans:
         chapter = plan.chapter
+        target = out_dir / f"{chapter.stem}.ipynb"
         key = _execution_key(plan, profile)
-        cached = _cached_notebook(profile, chapter)
+        cached = _cached_notebook(profile, plan, key)
         if not force and cached.exists():
             meta = nbformat.read(cached, as_version=4).metadata.get("fsbook", {})
             if meta.get("key") == key:
-                with atomic_path(chapter.executed_path) as tmp:
+                with atomic_path(target) as tmp:
                     shutil.copyfile(cached, tmp)
-                _record(chapter, {**meta, "cached": True})
+                _record(out_dir, chapter, {**meta, "cached": True})
                 log(f"[fslib] {chapter.stem}: up to date (profile {profile}, executed {meta.get('executed')})")
-                records.append({**meta, "chapter": chapter.stem, "cached": True})
+                records.append({**meta, "chapter": chapter.stem, "cached": True, "path": str(target)})
                 continue
         device = _resolved_device({**plan.defaults, **plan.parameters})
         log(f"[fslib] {chapter.stem}: executing with profile {profile} {plan.parameters or ''}")
@@ -178,7 +263,8 @@ def run_chapters(plans: list[Plan], profile: str, *, force: bool = False, log=pr
         work = out_dir / f".{chapter.stem}.running.ipynb"
         start = time.perf_counter()
         try:
-            _papermill(jupytext.read(chapter.path), work, plan.parameters, chapter.path.parent)
+            _papermill(jupytext.read(chapter.path), work, plan.parameters, chapter.path.parent,
+                       progress=chapter.stem if progress else None)
         except papermill.PapermillExecutionError as exc:
             if work.exists():
                 os.replace(work, partial)
@@ -188,20 +274,48 @@ def run_chapters(plans: list[Plan], profile: str, *, force: bool = False, log=pr
             ) from None
         seconds = time.perf_counter() - start
         _finalise(work, plan, profile, device, seconds, key)
-        for target in (cached, chapter.executed_path):
-            with atomic_path(target) as tmp:
+        for dest in (cached, target):
+            with atomic_path(dest) as tmp:
                 shutil.copyfile(work, tmp)
         work.unlink()
         partial.unlink(missing_ok=True)
         meta = nbformat.read(cached, as_version=4).metadata["fsbook"]
-        _record(chapter, {**meta, "cached": False})
+        _record(out_dir, chapter, {**meta, "cached": False})
         log(f"[fslib] {chapter.stem}: done in {seconds:.0f} s")
-        records.append({**meta, "chapter": chapter.stem, "cached": False})
+        records.append({**meta, "chapter": chapter.stem, "cached": False, "path": str(target)})
+    log(summary(records, out_dir, in_book))
     return records
 
 
-def _papermill(nb, out: Path, parameters: dict[str, Any], cwd: Path) -> None:
+def _shown(path: Path) -> str:
+    """``path`` as a user would type it: relative to the repository when inside it."""
+    try:
+        return str(path.relative_to(paths.repo_root()))
+    except ValueError:
+        return str(path)
+
+
+def summary(records: list[dict[str, Any]], out_dir: Path, in_book: bool) -> str:
+    """The closing lines of ``fslib run``: what was written and what to run next."""
+    lines = [f"[fslib] wrote {len(records)} executed notebook(s) to {_shown(out_dir)}/:"]
+    for r in records:
+        how = "unchanged, from the cache" if r["cached"] else f"executed in {r['wall_seconds']:.0f} s"
+        lines.append(f"  {Path(r['path']).name}  ({how}, profile {r['profile']})")
+    if in_book:
+        lines.append("[fslib] next: `python -m fslib build` renders the book into _build/html "
+                     "(then open _build/html/index.html)")
+    else:
+        lines.append("[fslib] these notebooks are not part of the book; open them with Jupyter "
+                     "(`pip install -e '.[interactive]'`, then `jupyter lab`), or re-run with "
+                     "`--output book/executed` to put them into the book")
+    return "\n".join(lines)
+
+
+def _papermill(nb, out: Path, parameters: dict[str, Any], cwd: Path, progress: str | None = None) -> None:
     """Execute ``nb`` into ``out`` with papermill on a ``python3`` kernel.
+
+    ``progress``: the chapter's name for a bar over its cells, with the kernel's own bars
+    (trainings, ablations) forwarded above it (:mod:`fslib.book.progress`); ``None``: silent.
 
     On POSIX the kernel talks over IPC sockets in Jupyter's runtime directory instead of
     unencrypted local TCP ports (ipykernel warns about those at every start); papermill then
@@ -211,9 +325,13 @@ def _papermill(nb, out: Path, parameters: dict[str, Any], cwd: Path) -> None:
     from jupyter_client.manager import KernelManager
 
     km = KernelManager(kernel_name="python3", transport="ipc" if os.name == "posix" else "tcp")
+    stderr = KernelStderr() if progress else None
     try:
         papermill.execute_notebook(nb, str(out), parameters=parameters, kernel_name="python3",
-                                   cwd=str(cwd), progress_bar=False, km=km)
+                                   cwd=str(cwd), progress_bar=cells_bar(progress) if progress else False,
+                                   stderr_file=stderr, km=km)
     finally:
+        if stderr is not None:
+            stderr.close()
         if km.has_kernel:
             km.shutdown_kernel(now=True)
