@@ -23,7 +23,7 @@ SHELL := /bin/bash
 
 export PYTHONHASHSEED := 0
 
-.PHONY: install book test unit smoke html-check benchmarks clean clean-cache
+.PHONY: install book test unit smoke html-check benchmarks lab clean clean-cache
 
 install: $(STAMP)
 
@@ -48,6 +48,11 @@ test: install
 	$(PY) -m fslib run --profile smoke
 	$(PY) -m fslib build --all --keep-going --output _build/smoke
 	FSBOOK_HTML=_build/smoke/_build/html $(PY) -m pytest -q tests/test_html.py
+
+## Open the chapters interactively: JupyterLab with jupytext's contents manager (the `interactive` extra).
+lab: install
+	$(PY) -m pip install --quiet --progress-bar off -e '.[book,interactive]'
+	$(VENV)/bin/jupyter lab book/
 
 benchmarks: install
 	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -38,6 +38,13 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("profiles", help="list the profiles and the chapters' parameters")
 
+    export = sub.add_parser("export", help="papermill-ready copies: chapters as .ipynb, profiles as papermill -f files")
+    export.add_argument("--profile", default="default", help="smoke | default | paper (default: %(default)s)")
+    export.add_argument("--chapter", action="append", default=[], metavar="N", help="chapter number or name; repeatable")
+    export.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE",
+                        help="override a chapter parameter (YAML value)")
+    export.add_argument("--output", default=None, metavar="DIR", help="folder (default: _build/papermill)")
+
     data = sub.add_parser("data", help="dataset status and preparation")
     dsub = data.add_subparsers(dest="data_command", required=True)
     dsub.add_parser("list", help="status of every dataset: found, checksum, prepared")
@@ -60,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name}: {book.load_profile(name)['description']}")
             for chapter in book.discover_chapters():
                 print(f"chapter {chapter.number} ({chapter.stem}): {book.chapter_parameters(chapter)}")
+        elif args.command == "export":
+            _export(args)
         elif args.command == "data":
             return _data(args)
     except book.UsageError as exc:
@@ -80,6 +89,15 @@ def _run(args) -> None:
         print(warning, file=sys.stderr)
     book.check_data(plans)
     book.run_chapters(plans, args.profile, force=args.force, output=args.output, progress=not args.quiet)
+
+
+def _export(args) -> None:
+    """``fslib export``: chapters and their parameters for papermill, and the commands that run them."""
+    plans = book.plan_run(args.profile, args.chapter, book.parse_assignments(args.parameter))
+    commands = book.export(plans, args.profile, args.output)
+    print(f"[fslib] wrote {2 * len(plans)} file(s); run a chapter with papermill:")
+    for command in commands:
+        print(f"  {command}")
 
 
 def _data(args) -> int:

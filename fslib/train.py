@@ -220,6 +220,9 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 class Trainer:
     """The training loop of one :class:`TrainConfig` on one :class:`TrainData`.
 
+    Use :meth:`fit`; :meth:`state_dict` / :meth:`load_state_dict` checkpoint everything a
+    resumed run needs (model, optimiser, scheduler, counters, history, tracking rows).
+
     Parameters
     ----------
     cfg : TrainConfig
@@ -229,9 +232,6 @@ class Trainer:
         optimiser step (e.g. evaluation on extra test sets); a :class:`TrackingRecorder`
         for ``cfg.track_sets`` is added automatically when ``cfg.track_every > 0``.
     progress : bool, tqdm bar over iterations showing loss and accuracy
-
-    Use :meth:`fit`; :meth:`state_dict` / :meth:`load_state_dict` checkpoint everything a
-    resumed run needs (model, optimiser, scheduler, counters, history, tracking rows).
     """
 
     def __init__(self, cfg: TrainConfig, data: TrainData, device="auto", hooks: Sequence[Hook] = (), progress: bool = True):

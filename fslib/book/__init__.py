@@ -10,6 +10,8 @@
   before the first one runs; the cost of the ``paper`` profile on a CPU.
 * :mod:`~fslib.book.runner`: :func:`run_chapters` executes chapters with papermill into
   ``book/executed/`` (cached per profile), showing progress (:mod:`~fslib.book.progress`).
+* :mod:`~fslib.book.export`: the papermill route (chapters as ``.ipynb``, a profile's values
+  as ``papermill -f`` files).
 * :mod:`~fslib.book.site`: :func:`build` writes the reproducibility appendix and runs
   ``jupyter-book build``; :mod:`~fslib.book.htmlcheck` checks the built HTML.
 
@@ -28,6 +30,7 @@ from fslib.book.chapters import (
     discover_chapters,
     select_chapters,
 )
+from fslib.book.export import export
 from fslib.book.parameters import Declaration, ParameterError
 from fslib.book.preflight import DataMissing, check_data, cost_warning, needed_datasets
 from fslib.book.profiles import Plan, available_profiles, load_profile, parse_assignments, plan_run
@@ -45,7 +48,7 @@ from fslib.book.site import build, reproducibility_markdown, toc_files
 __all__ = [
     "CHAPTER_PATTERN", "Chapter", "ChapterFailed", "UsageError", "chapter_datasets", "chapter_declarations",
     "chapter_parameters", "discover_chapters", "select_chapters", "Declaration", "ParameterError", "DataMissing",
-    "check_data", "cost_warning", "needed_datasets", "default_output", "rerun_command", "Plan", "available_profiles", "load_profile", "parse_assignments", "plan_run", "RUN_RECORDS",
+    "check_data", "cost_warning", "needed_datasets", "export", "default_output", "rerun_command", "Plan", "available_profiles", "load_profile", "parse_assignments", "plan_run", "RUN_RECORDS",
     "library_fingerprint", "plain_scalar_text", "run_chapters", "run_settings_markdown", "build",
     "reproducibility_markdown", "toc_files",
 ]

@@ -13,7 +13,7 @@ import time
 from typing import Any, Callable, TextIO
 
 # ipykernel has no widgets here, and tqdm.auto says so once per kernel: not news to a reader
-_NOISE = ("IProgress not found", "  from .autonotebook import tqdm as notebook_tqdm")
+_NOISE = ("IProgress not found", "from .autonotebook import tqdm as notebook_tqdm")
 
 
 def cells_bar(stem: str, stream: TextIO | None = None) -> dict[str, Any]:
@@ -63,7 +63,7 @@ class KernelStderr:
 
     def _line(self, line: str, final: bool) -> None:
         line = line.rstrip()
-        if not line.strip() or line.lstrip().startswith(_NOISE):
+        if not line.strip() or any(noise in line for noise in _NOISE):
             return
         now = time.monotonic()
         if final or now - self._last >= self.every:
