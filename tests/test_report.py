@@ -1,6 +1,7 @@
 import pandas as pd
 import pytest
 
+from fslib import report
 from fslib.report import (
     VERDICTS,
     count_verdict,
@@ -77,3 +78,21 @@ def test_shortcut_verdict_rules(rows, verdict, strong):
     got, flags = shortcut_verdict(t)
     assert got == verdict and flags.tolist() == strong
     assert shortcut_verdict(t, max_fpr=1.0)[1].tolist() == [r[2] and r[0] >= 0.6 for r in rows]
+
+
+def test_a_verdict_whose_precondition_failed_is_not_stated():
+    assert report.gated_verdict("holds", True, "test accuracy >= 80%") == "holds"
+    text = report.gated_verdict("holds", False, "test accuracy >= 80%")
+    assert text.startswith(report.NOT_JUDGED) and "precondition failed" in text and "80%" in text
+    assert not any(text == v for v in report.VERDICTS)
+    with pytest.raises(ValueError, match="unknown verdict"):
+        report.gated_verdict("maybe", True, "x")
+
+
+def test_markdown_table_keeps_every_cell_whole():
+    why = "CPU budget: cost grows with the pixel count squared, and much more than fifty characters"
+    table = pd.DataFrame({"setting": ["a|b", "c"], "ours": [1, "x\ny"], "why": [why, "short"]})
+    lines = report.markdown_table(table).splitlines()
+    assert lines[0] == "| setting | ours | why |" and lines[1] == "|---|---|---|"
+    assert lines[2] == f"| a\\|b | 1 | {why} |" and lines[3] == "| c | x y | short |"
+    assert "..." not in "".join(lines)

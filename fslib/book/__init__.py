@@ -48,7 +48,8 @@ from fslib.book.site import build, reproducibility_markdown, toc_files
 __all__ = [
     "CHAPTER_PATTERN", "Chapter", "ChapterFailed", "UsageError", "chapter_datasets", "chapter_declarations",
     "chapter_parameters", "discover_chapters", "select_chapters", "Declaration", "ParameterError", "DataMissing",
-    "check_data", "cost_warning", "needed_datasets", "export", "default_output", "rerun_command", "Plan", "available_profiles", "load_profile", "parse_assignments", "plan_run", "RUN_RECORDS",
+    "check_data", "cost_warning", "needed_datasets", "export", "default_output", "rerun_command", "Plan",
+    "available_profiles", "load_profile", "parse_assignments", "plan_run", "RUN_RECORDS",
     "library_fingerprint", "plain_scalar_text", "run_chapters", "run_settings_markdown", "build",
     "reproducibility_markdown", "toc_files",
 ]

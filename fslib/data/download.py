@@ -69,7 +69,8 @@ def fetch(url: str, dest: Path, *, progress: bool = True, desc: str = "") -> Pat
     try:
         with os.fdopen(fd, "wb") as out:
             try:
-                response = urllib.request.urlopen(url, timeout=60)  # noqa: S310 (fixed https URLs)
+                # a fresh opener reads the proxy settings now (urlopen keeps the first ones forever)
+                response = urllib.request.build_opener().open(url, timeout=60)
             except OSError as exc:  # URLError, HTTPError, timeouts, refused connections
                 raise DownloadFailed(f"could not download {url}: {getattr(exc, 'reason', exc)}") from None
             total = int(response.headers.get("Content-Length") or 0) or None
