@@ -129,8 +129,9 @@ def test_parameters_cell_and_run_settings_show_how_the_page_was_made():
         lines = {line.split(":")[0].strip(): line for line in code.splitlines() if ":" in line}
         for name, value in meta["parameters"].items():  # the values the page ran with, not the defaults
             assert f"= {literal(value)}" in lines[name], (chapter.stem, lines[name])
-        box = soup.find(string=lambda t: t and "python -m fslib run --profile" in t)
-        assert box and f"--profile {meta['profile']} --chapter {chapter.number}" in box, chapter.stem
+        box = next(a.get_text(" ") for a in soup.select("div.admonition") if "Run settings" in a.get_text())
+        box = " ".join(box.split())
+        assert f"--profile {meta['profile']} --chapter {chapter.number}" in box, chapter.stem
         for name in meta.get("cli") or {}:
             assert f"-p {name}=" in box or f"-p '{name}=" in box, (chapter.stem, name)
 

@@ -109,14 +109,15 @@ NOT_RESULTS = {"smoke"}
 
 
 def smoke_banner_markdown(profile: str) -> str:
-    """The banner on a page executed with a profile of :data:`NOT_RESULTS`."""
+    """The banner on a page executed with a profile of :data:`NOT_RESULTS` (a colon fence: its
+    title holds backticks, which a backtick fence's info string may not)."""
     return (
-        f"```{{admonition}} Executed with the `{profile}` profile: the numbers on this page are not results\n"
+        f":::{{admonition}} Executed with the `{profile}` profile: the numbers on this page are not results\n"
         ":class: warning fsbook-not-results\n\n"
         f"The `{profile}` profile only proves that the code runs: tiny models, a few iterations, a few "
         "images. The verdicts and numbers below say nothing about the paper. The book built with "
         "`python -m fslib run --profile default` holds the results.\n"
-        "```"
+        ":::"
     )
 
 
