@@ -386,3 +386,35 @@ def test_plain_jupyter_book_build_of_an_unexecuted_checkout_fails_with_the_messa
     assert result.returncode != 0, out[-2000:]
     assert "chapters not executed yet" in out and "python -m fslib build" in out
     assert not (clone / "_build" / "html" / "index.html").exists()
+
+
+def test_api_reference_covers_every_module():
+    import pkgutil
+
+    import fslib
+
+    pages = "".join(p.read_text() for p in (ROOT / "book" / "api").glob("*.md"))
+    for module in pkgutil.walk_packages(fslib.__path__, "fslib."):
+        if module.name != "fslib.__main__":
+            assert f".. automodule:: {module.name}\n" in pages, f"add {module.name} to book/api/"
+    toc = book.toc_files()
+    assert all(f"book/api/{p.stem}" in toc for p in (ROOT / "book" / "api").glob("*.md"))
+
+
+def test_license_and_citation():
+    assert (ROOT / "LICENSE").read_text().startswith("MIT License")
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert pyproject["project"]["license"] == {"text": "MIT"}
+    cff = yaml.safe_load((ROOT / "CITATION.cff").read_text())
+    assert cff["cff-version"] == "1.2.0" and cff["license"] == "MIT" and cff["version"] == pyproject["project"]["version"]
+    paper = cff["references"][0]
+    assert [a["family-names"] for a in paper["authors"]] == ["Wang", "Veldhuis", "Brune", "Strisciuglio"]
+    assert paper["year"] == 2023 and "ICCV" in paper["conference"]["name"] and "2307.09829" in paper["url"]
+    assert "once their issue has landed" not in (ROOT / "book" / "intro.md").read_text()
+
+
+def test_interactive_extra_offers_jupyterlab_with_jupytext():
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    names = " ".join(extras["interactive"])
+    assert "jupyterlab" in names and "jupytext" in names
+    assert ".[book,interactive]" in (ROOT / "README.md").read_text()
