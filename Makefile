@@ -6,10 +6,16 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.fsbook-installed
 
-# Local natural-image archives (no internet here); users online leave FSLIB_DATA unset.
+# Natural-image data: the archives in $FSLIB_DATA when it is set (here: ../shared/data when that
+# folder exists); otherwise the official downloads (FSLIB_DOWNLOAD=1: CIFAR-10 and Imagenette
+# through torchvision, the texture-vs-shape stimuli from GitHub, each checked by checksum).
+# `fslib run` checks every dataset before the first chapter runs.
 SHARED_DATA := $(abspath ../shared/data)
 ifneq ($(wildcard $(SHARED_DATA)),)
 export FSLIB_DATA ?= $(SHARED_DATA)
+endif
+ifeq ($(strip $(FSLIB_DATA)),)
+export FSLIB_DOWNLOAD ?= 1
 endif
 
 SHELL := /bin/bash
@@ -17,7 +23,7 @@ SHELL := /bin/bash
 
 export PYTHONHASHSEED := 0
 
-.PHONY: install book test unit smoke html-check benchmarks clean clean-cache
+.PHONY: install book test unit smoke html-check benchmarks lab clean clean-cache
 
 install: $(STAMP)
 
@@ -42,6 +48,11 @@ test: install
 	$(PY) -m fslib run --profile smoke
 	$(PY) -m fslib build --all --keep-going --output _build/smoke
 	FSBOOK_HTML=_build/smoke/_build/html $(PY) -m pytest -q tests/test_html.py
+
+## Open the chapters interactively: JupyterLab with jupytext's contents manager (the `interactive` extra).
+lab: install
+	$(PY) -m pip install --quiet --progress-bar off -e '.[book,interactive]'
+	$(VENV)/bin/jupyter lab book/
 
 benchmarks: install
 	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -37,6 +37,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE",
                      help="override a chapter parameter (YAML value)")
     run.add_argument("--force", action="store_true", help="execute even when the cached notebook is up to date")
+    run.add_argument("--output", default=None, metavar="DIR",
+                     help="folder for the executed notebooks (default: book/executed, or with -p "
+                          "_build/sweeps/<profile>-<overrides>/ so that a sweep never overwrites the book)")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
 
     build = sub.add_parser("build", help="build the HTML book from the executed notebooks")
     build.add_argument("--all", action="store_true", help="rebuild every page (jupyter-book --all)")
@@ -45,6 +49,13 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--output", default=None, help="jupyter-book --path-output (default: the repository)")
 
     sub.add_parser("profiles", help="list the profiles and the chapters' parameters")
+
+    export = sub.add_parser("export", help="papermill-ready copies: chapters as .ipynb, profiles as papermill -f files")
+    export.add_argument("--profile", default="default", help="smoke | default | paper (default: %(default)s)")
+    export.add_argument("--chapter", action="append", default=[], metavar="N", help="chapter number or name; repeatable")
+    export.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE",
+                        help="override a chapter parameter (YAML value)")
+    export.add_argument("--output", default=None, metavar="DIR", help="folder (default: _build/papermill)")
 
     data = sub.add_parser("data", help="dataset status and preparation")
     dsub = data.add_subparsers(dest="data_command", required=True)
@@ -103,10 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = _terminate_like_ctrl_c()
     try:
         if args.command == "run":
-            overrides = book.parse_assignments(args.parameter)
-            plans = book.plan_run(args.profile, args.chapter, overrides)
-            with book.checkout_lock(f"fslib run --profile {args.profile}"):
-                book.run_chapters(plans, args.profile, force=args.force)
+            _run(args)
         elif args.command == "build":
             with book.checkout_lock("fslib build"):
                 index = book.build(all_pages=args.all, strict=not args.no_strict, keep_going=args.keep_going, output=args.output)
@@ -116,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name}: {book.load_profile(name)['description']}")
             for chapter in book.discover_chapters():
                 print(f"chapter {chapter.number} ({chapter.stem}): {book.chapter_parameters(chapter)}")
+        elif args.command == "export":
+            _export(args)
         elif args.command == "data":
             return _data(args)
         elif args.command == "train":
@@ -123,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     except book.UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return USAGE_ERROR
-    except (book.ChapterFailed, book.Busy) as exc:
+    except (book.ChapterFailed, book.Busy, book.DataMissing) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -150,6 +160,27 @@ def _terminate_like_ctrl_c():
     if threading.current_thread() is not threading.main_thread():
         return None
     return signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
+def _run(args) -> None:
+    """``fslib run``: validate everything, warn about the cost, check the data, then execute."""
+    overrides = book.parse_assignments(args.parameter)
+    plans = book.plan_run(args.profile, args.chapter, overrides)
+    warning = book.cost_warning(args.profile, plans)
+    if warning:
+        print(warning, file=sys.stderr)
+    book.check_data(plans)
+    with book.checkout_lock(f"fslib run --profile {args.profile}"):
+        book.run_chapters(plans, args.profile, force=args.force, output=args.output, progress=not args.quiet)
+
+
+def _export(args) -> None:
+    """``fslib export``: chapters and their parameters for papermill, and the commands that run them."""
+    plans = book.plan_run(args.profile, args.chapter, book.parse_assignments(args.parameter))
+    commands = book.export(plans, args.profile, args.output)
+    print(f"[fslib] wrote {2 * len(plans)} file(s); run a chapter with papermill:")
+    for command in commands:
+        print(f"  {command}")
 
 
 def _data(args) -> int:

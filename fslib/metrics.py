@@ -253,20 +253,6 @@ def adcs_distinctiveness(
 ) -> pd.DataFrame:
     """How distinctive each class's spectrum is, one row per class, ranked.
 
-    Columns
-    -------
-    class : name
-    mean_adcs : mean ADCS over all positions divided by ``C - 1`` (in [-1, 1] for the paper
-        variant; for the official one the map is first shifted by +1 so both read alike)
-    top_fraction : fraction of positions where the class beats every other class
-        (``ADCS = C - 1``; official ``C - 2``)
-    bottom_fraction : fraction of positions where every other class beats it
-    positive_fraction : fraction of positions with ADCS > 0 (paper-variant scale)
-    top_band : band holding most of the class's top positions ("-" when it has none)
-    top_band_share : share of the class's top positions inside ``top_band`` (1 = all of
-        them in one band; 0 when it has none)
-    rank : 1 = most distinctive, by ``top_fraction`` then ``mean_adcs``
-
     ``top_fraction`` measures how much of the spectrum a class owns, not how simple its
     content is; ``top_band_share`` and ``bottom_fraction`` tell a band-limited class (owns
     one band, loses everywhere else) from a broadband one.
@@ -276,6 +262,24 @@ def adcs_distinctiveness(
     adcs_map : Tensor, shape (C, H, W), int
     class_names : names of the C class_names
     variant : {"paper", "official"}, the variant that produced ``adcs_map``
+
+    Returns
+    -------
+    DataFrame
+        One row per class, with the columns:
+
+        - ``class``: name
+        - ``mean_adcs``: mean ADCS over all positions divided by ``C - 1`` (in [-1, 1] for
+          the paper variant; for the official one the map is first shifted by +1 so both
+          read alike)
+        - ``top_fraction``: fraction of positions where the class beats every other class
+          (``ADCS = C - 1``; official ``C - 2``)
+        - ``bottom_fraction``: fraction of positions where every other class beats it
+        - ``positive_fraction``: fraction of positions with ADCS > 0 (paper-variant scale)
+        - ``top_band``: band holding most of the class's top positions ("-" when it has none)
+        - ``top_band_share``: share of the class's top positions inside ``top_band`` (1 = all
+          of them in one band; 0 when it has none)
+        - ``rank``: 1 = most distinctive, by ``top_fraction`` then ``mean_adcs``
     """
     _check_variant(variant)
     c, h, w = adcs_map.shape

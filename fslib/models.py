@@ -83,14 +83,14 @@ class Bottleneck(nn.Module):
 class CifarResNet(nn.Module):
     """CIFAR-style ResNet of the official code (any input size).
 
+    Input ``(N, 3, H, W)`` float, output logits ``(N, num_classes)``.
+
     Parameters
     ----------
     block : BasicBlock or Bottleneck
     num_blocks : sequence of 4 int, blocks per stage
     num_classes : int
     width : float, multiplier of the stage widths 64, 128, 256, 512
-
-    Input ``(N, 3, H, W)`` float, output logits ``(N, num_classes)``.
     """
 
     def __init__(self, block: type[nn.Module], num_blocks: tuple[int, ...], num_classes: int, width: float = 1.0) -> None:

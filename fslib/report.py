@@ -10,8 +10,10 @@ verdict live here, each stated in its docstring, so a chapter never invents its 
 * :func:`transfer_verdict`: claim 4, from the transfer of shortcuts to OOD images;
 * :func:`spread_verdict`, :func:`roles_verdict` (:func:`shallow_fraction`), :func:`mitigation_verdict`: Tsoy and
   Konstantinov's claims on where a shortcut lives (chapter 9);
+* :func:`gated_verdict`: a verdict whose precondition failed says so instead of a verdict;
 * :func:`differences` and :func:`describe_recipe`: a training config against the paper's
-  recipe (the ``TrainConfig`` defaults), as table rows or one line.
+  recipe (the ``TrainConfig`` defaults), as table rows or one line; :func:`markdown_table`
+  shows such a table whole (no cell cut short).
 """
 
 from __future__ import annotations
@@ -69,6 +71,26 @@ def shortcut_verdict(table: pd.DataFrame, paper_tpr: float = 0.6, max_fpr: float
     if strong.any():
         return VERDICTS[0], strong
     return (VERDICTS[1] if table["shortcut"].astype(bool).any() else VERDICTS[2]), strong
+
+
+NOT_JUDGED = "not judged"
+"""The start of a verdict whose precondition failed (:func:`gated_verdict`)."""
+
+
+def gated_verdict(verdict: str, met: bool, precondition: str) -> str:
+    """``verdict`` when its ``precondition`` holds, else "not judged" and the failed precondition.
+
+    A claim read off a model that does not do its job says nothing about the paper: a
+    shortcut test on a CIFAR-10 model below its accuracy bar is reported, not judged.
+
+    >>> gated_verdict("holds", True, "test accuracy >= 80 %")
+    'holds'
+    >>> gated_verdict("holds", False, "test accuracy >= 80 %")
+    'not judged: its precondition failed (test accuracy >= 80 %)'
+    """
+    if verdict not in VERDICTS:
+        raise ValueError(f"unknown verdict {verdict!r}; valid: {', '.join(VERDICTS)}")
+    return verdict if met else f"{NOT_JUDGED}: its precondition failed ({precondition})"
 
 
 def transfer_verdict(transfer: Sequence[bool], ood_acc: Sequence[float]) -> str:
@@ -223,3 +245,22 @@ def describe_recipe(cfg: TrainConfig, skip: Sequence[str] = TRACKING_FIELDS) -> 
     """
     rows = differences(cfg, skip=skip)
     return "; ".join(f"{r.setting} {r.ours} (paper {r.paper})" for r in rows.itertuples()) or "as the paper"
+
+
+def markdown_table(table: pd.DataFrame, index: bool = False) -> str:
+    """``table`` as a Markdown pipe table, every cell in full (pandas' HTML view cuts long cells
+    with "..."); ``|`` and line breaks inside cells are escaped.
+
+    >>> print(markdown_table(pd.DataFrame({"setting": ["a|b"], "why": ["x" * 60]})))
+    | setting | why |
+    |---|---|
+    | a\\|b | xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx |
+    """
+    frame = table.reset_index() if index else table
+
+    def cell(v: Any) -> str:
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(cell(c) for c in frame.columns) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)

@@ -154,7 +154,7 @@ def _band_index(band: int | str) -> int:
 
 
 def band_mask(h: int, w: int, band: int | str, device: torch.device | str | None = None) -> torch.Tensor:
-    """Bool ``(H, W)`` mask of band ``band`` (1..4 or ``"B1"``..``"B4"``).
+    """Bool ``(H, W)`` mask of band ``band`` (1 to 4, or ``"B1"`` to ``"B4"``).
 
     >>> int(band_mask(32, 32, 1).sum())   # positions with radius < 4
     45

@@ -268,6 +268,9 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 class Trainer:
     """The training loop of one :class:`TrainConfig` on one :class:`TrainData`.
 
+    Use :meth:`fit`; :meth:`state_dict` / :meth:`load_state_dict` checkpoint everything a
+    resumed run needs (model, optimiser, scheduler, counters, history, tracking rows).
+
     Parameters
     ----------
     cfg : TrainConfig
@@ -278,9 +281,8 @@ class Trainer:
         for ``cfg.track_sets`` is added automatically when ``cfg.track_every > 0``.
     progress : bool, tqdm bar over iterations showing loss and accuracy
 
-    Use :meth:`fit`; :meth:`state_dict` / :meth:`load_state_dict` checkpoint everything a
-    resumed run needs (model, optimiser, scheduler, counters, history, tracking rows).
-
+    Notes
+    -----
     Several processes (``torchrun``, :mod:`fslib.distributed`): every rank draws the same global
     batch and its augmentation from the same generator and trains on its share of it
     (``batch_size / world_size`` images) with DistributedDataParallel, BatchNorm normalising over

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -90,7 +91,7 @@ def test_parameters_cell_must_hold_literals(tmp_path):
     bad.write_text(
         "---\njupytext:\n  text_representation:\n    extension: .md\n    format_name: myst\n"
         "kernelspec:\n  name: python3\n  display_name: Python 3\n---\n"
-        "```{code-cell} python\n:tags: [parameters]\nn = len([1])\n```\n"
+        "```{code-cell} python\n:tags: [parameters]\nn: int = len([1])\n```\n"
     )
     with pytest.raises(book.UsageError, match="not a plain literal"):
         book.chapter_parameters(book.Chapter(1, "01_bad", bad))
@@ -134,9 +135,11 @@ def test_parse_assignments_uses_yaml_values():
 
 def test_plan_applies_profile_then_cli_overrides():
     chapter = CHAPTERS[0]
-    name = next(iter(book.chapter_parameters(chapter)))
-    plans = book.plan_run("smoke", [chapter.stem], {name: "override"})
-    assert plans[0].parameters[name] == "override"
+    smoke = book.load_profile("smoke")["chapters"][chapter.stem]
+    name, value = next(iter(smoke.items()))
+    assert book.plan_run("smoke", [chapter.stem])[0].parameters[name] == value
+    plans = book.plan_run("smoke", [chapter.stem], {name: value + 1})
+    assert plans[0].parameters[name] == value + 1 and plans[0].cli == {name: value + 1}
 
 
 def test_cli_exit_status_from_a_fresh_process():
@@ -252,7 +255,7 @@ def toy_book(tmp_path, monkeypatch):
     monkeypatch.setenv("FSLIB_CACHE", str(tmp_path / "cache"))
     seen = []
 
-    def fake_papermill(nb, out, parameters, cwd):
+    def fake_papermill(nb, out, parameters, cwd, progress=None):
         seen.append(os.environ["FSLIB_CACHE"])
         nbformat.write(nb, out)
 
@@ -381,3 +384,208 @@ def test_a_second_run_in_the_same_checkout_is_refused_naming_the_first(tmp_path,
     with book.checkout_lock("fslib run --profile smoke"):  # ... which is no obstacle
         assert f'"pid": {os.getpid()}' in lock_file.read_text()
     assert lock_file.read_text() == ""
+
+
+# ---- what a run shows and writes -------------------------------------------------------------
+
+
+def test_rerun_command_holds_the_exact_overrides():
+    import shlex
+
+    plan = book.plan_run("smoke", ["2"], {"seeds": [0, 1], "datasets": ["syn_b4"]})[0]
+    command = book.rerun_command(plan, "smoke")
+    argv = shlex.split(command)
+    assert argv[:8] == ["python", "-m", "fslib", "run", "--profile", "smoke", "--chapter", "2"]
+    assigned = [argv[i + 1] for i, a in enumerate(argv) if a == "-p"]
+    assert book.parse_assignments(assigned) == {"seeds": [0, 1], "datasets": ["syn_b4"]}  # round trip
+    text = book.run_settings_markdown(plan, "smoke", "cpu", 3.0, "2026-01-01 00:00 UTC")
+    assert f"`{command}`" in text
+    assert " -p " not in book.rerun_command(book.plan_run("smoke", ["2"])[0], "smoke")
+
+
+def test_a_run_with_overrides_gets_its_own_output_folder():
+    assert book.default_output(book.plan_run("smoke", ["1"]), "smoke") == paths.executed_dir()
+    sweep = book.default_output(book.plan_run("smoke", ["1"], {"n_train": 128}), "smoke")
+    assert sweep == ROOT / "_build" / "sweeps" / "smoke-n_train=128"
+    many = {"models": [["resnet18", "none"]] * 9, "cross_sources": ["ResNet18"]}
+    long = book.default_output(book.plan_run("smoke", ["6"], many), "smoke")
+    assert long.parent == ROOT / "_build" / "sweeps" and len(long.name) < 80
+
+
+def test_kernel_stderr_forwards_lines_and_throttles_bars():
+    from fslib.book.progress import KernelStderr
+
+    shown = []
+    sink = KernelStderr(emit=shown.append, every=3600, indent="")
+    sink.write("/x/tqdm/auto.py:21: TqdmWarning: IProgress not found. Please update\n")
+    sink.write("train:   0%|   | 0/10\rtrain:  50%|#  | 5/10\rtrain:  90%|## | 9/10")
+    sink.write("\rtrain: 100%|###| 10/10\n")
+    sink.write("UserWarning: something\n")
+    sink.close()
+    assert shown == ["train:   0%|   | 0/10", "train: 100%|###| 10/10", "UserWarning: something"]
+
+
+@pytest.mark.slow
+def test_run_writes_the_page_as_run_banner_box_values_and_summary(tmp_path, monkeypatch):
+    """A two-cell chapter through run_chapters: where it goes and what the page shows."""
+    monkeypatch.setenv("FSLIB_CACHE", str(tmp_path / "cache"))
+    source = tmp_path / "01_tiny.md"
+    source.write_text(
+        "---\njupytext:\n  text_representation:\n    extension: .md\n    format_name: myst\n"
+        "kernelspec:\n  name: python3\n  display_name: Python 3\n  language: python\n---\n"
+        "# 1. Tiny\n\n"
+        "```{code-cell} python\n:tags: [parameters]\nn: int = 3  # images\nk: int = 1  # other\n```\n\n"
+        "```{code-cell} python\nprint(n * 2)\n```\n")
+    chapter = book.Chapter(1, "01_tiny", source)
+    plan = book.Plan(chapter, {"n": 3, "k": 1}, {"n": 21}, {"n": 21})
+    logged = []
+    records = book.run_chapters([plan], "smoke", output=tmp_path / "out", log=logged.append, progress=False)
+    out = tmp_path / "out" / "01_tiny.ipynb"
+    assert records[0]["path"] == str(out) and out.exists()
+    nb = nbformat.read(out, as_version=4)
+    sources = [c.source for c in nb.cells]
+    assert any("n: int = 21  # images (chapter default: 3)" in s for s in sources)     # the values it ran with
+    assert any("numbers on this page are not results" in s for s in sources)          # the smoke banner
+    assert sources.index(next(s for s in sources if "not results" in s)) == 1         # right under the title
+    assert any("python -m fslib run --profile smoke --chapter 1 -p n=21" in s for s in sources)
+    glued = [o for c in nb.cells for o in c.get("outputs", []) if o.get("metadata", {}).get("scrapbook")]
+    assert glued[0]["metadata"]["scrapbook"]["name"] == "fsbook_profile"
+    assert nb.cells[-2].outputs[0]["text"] == "42\n"
+    assert "wrote 1 executed notebook(s)" in logged[-1] and "not part of the book" in logged[-1]
+    assert not (paths.executed_dir() / "01_tiny.ipynb").exists()
+
+
+def test_summary_says_what_to_run_next():
+    rec = [{"path": "/x/01_a.ipynb", "cached": False, "wall_seconds": 12.0, "profile": "smoke"}]
+    text = runner.summary(rec, paths.executed_dir(), in_book=True)
+    assert "01_a.ipynb  (executed in 12 s, profile smoke)" in text and "python -m fslib build" in text
+
+
+# ---- the papermill route ---------------------------------------------------------------------
+
+
+def test_export_writes_a_notebook_papermill_reads_and_a_parameter_file(tmp_path):
+    from papermill.translators import PythonTranslator
+
+    plans = book.plan_run("smoke", ["1", "6"])
+    commands = book.export(plans, "smoke", tmp_path)
+    for plan, command in zip(plans, commands):
+        nb = nbformat.read(tmp_path / f"{plan.chapter.stem}.ipynb", as_version=4)
+        cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+        assert all(p.inferred_type_name != "None" for p in PythonTranslator.inspect(cell))
+        params = yaml.safe_load((tmp_path / f"{plan.chapter.stem}.smoke.yml").read_text())
+        assert params == plan.parameters
+        assert command.startswith("papermill ") and f"-f {tmp_path / plan.chapter.stem}.smoke.yml" in command
+
+
+def _readme_block(marker: str) -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    block = text[text.index(marker):].split("```bash\n", 1)[1].split("```", 1)[0]
+    return [line for line in block.splitlines() if line.strip()]
+
+
+@pytest.mark.slow
+def test_readme_papermill_route_runs_chapter_1_as_written(tmp_path):
+    """The README's papermill block, run as written (CI runs it on chapter 1 with the smoke values)."""
+    commands = _readme_block("### With papermill")
+    assert commands[0].startswith("python -m fslib export --profile smoke --chapter 1")
+    env = {**os.environ, "FSLIB_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
+    bindir = Path(sys.executable).parent
+    for command in commands:
+        argv = shlex.split(command)
+        argv[0] = sys.executable if argv[0] == "python" else str(bindir / argv[0])
+        result = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, result.stderr[-3000:]
+    out = nbformat.read(ROOT / "_build" / "papermill" / "01_synthetic_datasets.smoke.out.ipynb", as_version=4)
+    injected = next(c for c in out.cells if "injected-parameters" in c.metadata.get("tags", []))
+    assert "n_train = 256" in injected.source and "n_test = 256" in injected.source
+    assert not any(o.get("output_type") == "error" for c in out.cells for o in c.get("outputs", []))
+
+
+@pytest.mark.slow
+def test_readme_jupytext_one_liner_shows_typed_parameters():
+    line = _readme_block("Without fslib's command line")[0]
+    assert line.startswith("jupytext --to ipynb -o - book/01_synthetic_datasets.md | papermill - ")
+    bindir = Path(sys.executable).parent
+    help_cmd = f"{bindir}/jupytext --to ipynb -o - book/01_synthetic_datasets.md | {bindir}/papermill --help-notebook -"
+    result = subprocess.run(help_cmd, shell=True, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert "n_train: int (default 10000)" in result.stdout and "Unknown type" not in result.stdout
+
+
+# ---- building -------------------------------------------------------------------------------
+
+
+def test_mixed_profiles_give_a_warning_in_the_appendix():
+    same = {"01_a": {"profile": "smoke"}, "02_b": {"profile": "smoke"}}
+    assert book.site.profile_mix(same) is None
+    mixed = {"01_a": {"profile": "smoke"}, "02_b": {"profile": "default"}, "03_c": {"profile": "default", "cli": {"n": 1}}}
+    warning = book.site.profile_mix(mixed)
+    assert "smoke: chapter(s) 1" in warning and "default: chapter(s) 2" in warning
+    assert "default with -p overrides: chapter(s) 3" in warning
+    assert warning in book.reproducibility_markdown(mixed)
+
+
+def test_build_stops_with_the_commands_to_run_when_chapters_were_not_executed(monkeypatch):
+    from sphinx.errors import ConfigError
+
+    from fslib.book import site, sphinxext
+
+    monkeypatch.setattr(site, "missing_chapters", lambda: ["02_learning_dynamics"])
+    with pytest.raises(ConfigError, match=r"chapters not executed yet: 02_learning_dynamics.*python -m fslib run.*"
+                                          r"python -m fslib build"):
+        sphinxext.check_executed(None, None)
+    with pytest.raises(book.UsageError, match="python -m fslib build"):
+        book.build()
+
+
+@pytest.mark.slow
+def test_plain_jupyter_book_build_of_an_unexecuted_checkout_fails_with_the_message(tmp_path):
+    """`jupyter-book build .` on a clone whose chapters were never executed: no empty book."""
+    import shutil
+
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    for name in ("_config.yml", "_toc.yml", "_static", "book", "fslib"):
+        src = ROOT / name
+        (shutil.copytree(src, clone / name, ignore=shutil.ignore_patterns("executed", "__pycache__", "kernel-ipc*"))
+         if src.is_dir() else shutil.copy(src, clone / name))
+    env = {**os.environ, "PYTHONPATH": str(clone)}
+    env.pop("FSLIB_BUILD", None)
+    cmd = [sys.executable, "-c", "import sys; from jupyter_book.cli.main import main; sys.exit(main())", "build", "."]
+    result = subprocess.run(cmd, cwd=clone, env=env, capture_output=True, text=True, timeout=600)
+    out = result.stdout + result.stderr
+    assert result.returncode != 0, out[-2000:]
+    assert "chapters not executed yet" in out and "python -m fslib build" in out
+    assert not (clone / "_build" / "html" / "index.html").exists()
+
+
+def test_api_reference_covers_every_module():
+    import pkgutil
+
+    import fslib
+
+    pages = "".join(p.read_text() for p in (ROOT / "book" / "api").glob("*.md"))
+    for module in pkgutil.walk_packages(fslib.__path__, "fslib."):
+        if module.name != "fslib.__main__":
+            assert f".. automodule:: {module.name}\n" in pages, f"add {module.name} to book/api/"
+    toc = book.toc_files()
+    assert all(f"book/api/{p.stem}" in toc for p in (ROOT / "book" / "api").glob("*.md"))
+
+
+def test_license_and_citation():
+    assert (ROOT / "LICENSE").read_text().startswith("MIT License")
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert pyproject["project"]["license"] == {"text": "MIT"}
+    cff = yaml.safe_load((ROOT / "CITATION.cff").read_text())
+    assert cff["cff-version"] == "1.2.0" and cff["license"] == "MIT" and cff["version"] == pyproject["project"]["version"]
+    paper = cff["references"][0]
+    assert [a["family-names"] for a in paper["authors"]] == ["Wang", "Veldhuis", "Brune", "Strisciuglio"]
+    assert paper["year"] == 2023 and "ICCV" in paper["conference"]["name"] and "2307.09829" in paper["url"]
+    assert "once their issue has landed" not in (ROOT / "book" / "intro.md").read_text()
+
+
+def test_interactive_extra_offers_jupyterlab_with_jupytext():
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    names = " ".join(extras["interactive"])
+    assert "jupyterlab" in names and "jupytext" in names
+    assert ".[book,interactive]" in (ROOT / "README.md").read_text()

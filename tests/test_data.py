@@ -125,7 +125,7 @@ def test_registry_lists_every_dataset_and_unknown_names_fail():
     (dict(name="cifar10", resolution=64), r"resolution 64 for 'cifar10'; valid: 32"),
     (dict(name="imagenette", resolution=100), r"valid: 32, 64, 112, 224"),
     (dict(name="cifar10", root="/tmp"), r"does not read a folder"),
-    (dict(name="cue_conflict", download=True), r"has no download; only cifar10, imagenette"),
+    (dict(name="imagenet10_samples", download=True), r"has no download; only cifar10, imagenette, cue_conflict"),
     (dict(name="imagenette", all_classes=True), r"all_classes applies to"),
     (dict(name="syn_b1", resolution=224), r"resolution 224 for 'syn_b1'"),
 ])
@@ -266,6 +266,9 @@ def test_torchvision_cifar10_path_is_lossless_and_class_major(env, tmp_path, mon
 
         def __init__(self, root, train, download):
             seen.append((Path(root), train, download))
+            if download:  # the official archive holds both splits
+                (Path(root) / "cifar-10-batches-py").mkdir(parents=True, exist_ok=True)
+                (Path(root) / "cifar-10-batches-py" / "test_batch").write_bytes(b"")
             self.data, self.targets = pixels, targets
 
     fake_torchvision(monkeypatch, CIFAR10=FakeCIFAR10)
@@ -274,12 +277,14 @@ def test_torchvision_cifar10_path_is_lossless_and_class_major(env, tmp_path, mon
         data.load("cifar10", "test")
     monkeypatch.setenv("FSLIB_DOWNLOAD", "1")
     out = data.load("cifar10", "test", progress=False)
-    assert seen == [(tmp_path / "online" / "torchvision", False, True)] and "torchvision" in out.source
+    root = tmp_path / "online" / "torchvision"
+    assert seen == [(root, True, True), (root, False, True), (root, False, False)] and "torchvision" in out.source
     official = out.extra["official_index"].numpy()
     assert out.labels.tolist() == sorted(targets) and np.all(np.diff(official[out.labels.numpy() == 3]) > 0)
     np.testing.assert_array_equal(out.images.numpy(), pixels[official].transpose(0, 3, 1, 2))
+    monkeypatch.delenv("FSLIB_DOWNLOAD")  # downloaded once: used without asking again
     data.load("cifar10", "test", progress=False)
-    assert len(seen) == 1  # the prepared cache is found without calling torchvision again
+    assert len(seen) == 3  # the prepared cache is found without calling torchvision again
 
 
 def test_torchvision_imagenette_path_reads_the_downloaded_folder(env, tmp_path, monkeypatch):

@@ -96,3 +96,19 @@ def test_localization_verdicts_follow_their_rules():
     assert report.mitigation_verdict([0.05, 0.05, 0.0], [0.0, -0.05, 0.0]) == "partly"  # the second costs clean accuracy
     with pytest.raises(ValueError, match="one clean gain"):
         report.mitigation_verdict([0.1], [])
+def test_a_verdict_whose_precondition_failed_is_not_stated():
+    assert report.gated_verdict("holds", True, "test accuracy >= 80%") == "holds"
+    text = report.gated_verdict("holds", False, "test accuracy >= 80%")
+    assert text.startswith(report.NOT_JUDGED) and "precondition failed" in text and "80%" in text
+    assert not any(text == v for v in report.VERDICTS)
+    with pytest.raises(ValueError, match="unknown verdict"):
+        report.gated_verdict("maybe", True, "x")
+
+
+def test_markdown_table_keeps_every_cell_whole():
+    why = "CPU budget: cost grows with the pixel count squared, and much more than fifty characters"
+    table = pd.DataFrame({"setting": ["a|b", "c"], "ours": [1, "x\ny"], "why": [why, "short"]})
+    lines = report.markdown_table(table).splitlines()
+    assert lines[0] == "| setting | ours | why |" and lines[1] == "|---|---|---|"
+    assert lines[2] == f"| a\\|b | 1 | {why} |" and lines[3] == "| c | x y | short |"
+    assert "..." not in "".join(lines)

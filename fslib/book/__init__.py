@@ -2,10 +2,16 @@
 
 * :mod:`~fslib.book.chapters`: a **chapter** is a jupytext MyST notebook ``book/NN_name.md``
   whose first code cell is tagged ``parameters`` and holds plain literals.
+* :mod:`~fslib.book.parameters`: the typed declarations of a ``parameters`` cell and the
+  check of every value a run would use.
 * :mod:`~fslib.book.profiles`: a **profile** (``fslib/book/profiles/<name>.yml``) overrides
   chapter parameters; :func:`plan_run` validates everything before anything executes.
+* :mod:`~fslib.book.preflight`: the data the chosen chapters need, found (or downloaded)
+  before the first one runs; the cost of the ``paper`` profile on a CPU.
 * :mod:`~fslib.book.runner`: :func:`run_chapters` executes chapters with papermill into
-  ``book/executed/`` (cached per profile).
+  ``book/executed/`` (cached per profile), showing progress (:mod:`~fslib.book.progress`).
+* :mod:`~fslib.book.export`: the papermill route (chapters as ``.ipynb``, a profile's values
+  as ``papermill -f`` files).
 * :mod:`~fslib.book.site`: :func:`build` writes the reproducibility appendix and runs
   ``jupyter-book build``; :mod:`~fslib.book.htmlcheck` checks the built HTML.
 * :mod:`~fslib.book.lock`: :func:`checkout_lock`, one ``run`` or ``build`` at a time per
@@ -20,25 +26,34 @@ from fslib.book.chapters import (
     Chapter,
     ChapterFailed,
     UsageError,
+    chapter_datasets,
+    chapter_declarations,
     chapter_parameters,
     discover_chapters,
     select_chapters,
 )
+from fslib.book.export import export
 from fslib.book.lock import Busy, checkout_lock
+from fslib.book.parameters import Declaration, ParameterError
+from fslib.book.preflight import DataMissing, check_data, cost_warning, needed_datasets
 from fslib.book.profiles import Plan, available_profiles, load_profile, parse_assignments, plan_run
 from fslib.book.runner import (
     RUN_RECORDS,
+    default_output,
     library_fingerprint,
     plain_scalar_text,
     read_run_records,
+    rerun_command,
     run_chapters,
     run_settings_markdown,
 )
 from fslib.book.site import build, reproducibility_markdown, toc_files
 
 __all__ = [
-    "CHAPTER_PATTERN", "Chapter", "ChapterFailed", "UsageError", "chapter_parameters", "discover_chapters",
-    "select_chapters", "Plan", "available_profiles", "load_profile", "parse_assignments", "plan_run", "RUN_RECORDS",
+    "CHAPTER_PATTERN", "Chapter", "ChapterFailed", "UsageError", "chapter_datasets", "chapter_declarations",
+    "chapter_parameters", "discover_chapters", "select_chapters", "Declaration", "ParameterError", "DataMissing",
+    "check_data", "cost_warning", "needed_datasets", "export", "default_output", "rerun_command", "Plan",
+    "available_profiles", "load_profile", "parse_assignments", "plan_run", "RUN_RECORDS",
     "library_fingerprint", "plain_scalar_text", "run_chapters", "run_settings_markdown", "build",
     "reproducibility_markdown", "toc_files", "Busy", "checkout_lock", "read_run_records",
 ]

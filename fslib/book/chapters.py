@@ -6,13 +6,13 @@ A chapter's first code cell is tagged ``parameters`` and holds plain literals;
 
 from __future__ import annotations
 
-import ast
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 from fslib import paths
+from fslib.book.parameters import Declaration, ParameterError, read_declarations
 
 CHAPTER_PATTERN = re.compile(r"^(\d\d)_([a-z0-9_]+)\.md$")
 
@@ -60,20 +60,38 @@ def _parameters_cell(nb, path: Path):
     raise UsageError(f"{path}: no code cell tagged 'parameters'")
 
 
+def chapter_declarations(chapter: Chapter) -> dict[str, Declaration]:
+    """The typed declarations of a chapter's ``parameters`` cell (:mod:`fslib.book.parameters`)."""
+    cell = _parameters_cell(_read_notebook(chapter.path), chapter.path)
+    try:
+        return read_declarations(cell.source, str(chapter.path))
+    except (ParameterError, SyntaxError) as exc:
+        raise UsageError(str(exc)) from None
+
+
 def chapter_parameters(chapter: Chapter) -> dict[str, Any]:
     """Names and default values of a chapter's ``parameters`` cell (plain literals only)."""
-    cell = _parameters_cell(_read_notebook(chapter.path), chapter.path)
-    params: dict[str, Any] = {}
-    for node in ast.parse(cell.source).body:
-        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
-            raise UsageError(f"{chapter.path}: the parameters cell may only hold `name = literal` lines")
-        try:
-            params[node.targets[0].id] = ast.literal_eval(node.value)
-        except ValueError:
-            raise UsageError(
-                f"{chapter.path}: parameter {node.targets[0].id!r} is not a plain literal"
-            ) from None
-    return params
+    return {name: d.default for name, d in chapter_declarations(chapter).items()}
+
+
+def chapter_datasets(chapter: Chapter, values: dict[str, Any]) -> list[str]:
+    """The natural-image datasets a chapter loads with parameter ``values``, from its front matter.
+
+    A chapter declares them in its jupytext front matter::
+
+        fsbook_data:
+          datasets: [cifar10, cue_conflict]      # always
+          when:                                  # only when a boolean parameter is true
+            imagenet_sct: [imagenet10, imagenet_sct]
+    """
+    meta = _read_notebook(chapter.path).metadata.get("fsbook_data") or {}
+    names = list(meta.get("datasets") or [])
+    for flag, more in (meta.get("when") or {}).items():
+        if flag not in values:
+            raise UsageError(f"{chapter.path}: fsbook_data.when names {flag!r}, which is not a parameter")
+        if values[flag]:
+            names += [n for n in more if n not in names]
+    return names
 
 
 def select_chapters(selectors: Iterable[str] | None, chapters: list[Chapter] | None = None) -> list[Chapter]:

@@ -5,7 +5,8 @@
 * every page of the table of contents exists;
 * no page shows a Python traceback or an error output of a cell;
 * no page loads a script or stylesheet from outside the site (everything works offline);
-* every page whose executed notebook produced images shows at least one image.
+* every page whose executed notebook produced images shows at least one image;
+* no table cell is cut short with "..." (pandas' HTML view does that to long cells).
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ def page_problems(html: str, *, name: str, expect_images: bool = False) -> list[
         rel = " ".join(tag.get("rel", []))
         if ("stylesheet" in rel or "preload" in rel) and _EXTERNAL.match(tag["href"]):
             problems.append(f"{name}: external stylesheet {tag['href']}")
+    for cell in main.find_all(["td", "th"]):
+        text = cell.get_text(" ", strip=True)
+        if text.endswith("...") or text.endswith("…"):
+            problems.append(f"{name}: a table cell is cut short: {text[-80:]!r}")
     if expect_images and not main.find("img"):
         problems.append(f"{name}: the notebook made figures but the page shows no image")
     return sorted(set(problems))

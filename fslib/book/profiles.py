@@ -7,13 +7,14 @@ profile, the chosen chapters and ``-p`` overrides before anything executes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import yaml
 
 from fslib import paths
-from fslib.book.chapters import Chapter, UsageError, chapter_parameters, discover_chapters, select_chapters
+from fslib.book.chapters import Chapter, UsageError, chapter_declarations, discover_chapters, select_chapters
+from fslib.book.parameters import value_problems
 
 
 def available_profiles() -> list[str]:
@@ -68,6 +69,12 @@ class Plan:
     chapter: Chapter
     defaults: dict[str, Any]
     parameters: dict[str, Any]  # the overrides papermill injects (profile, then -p)
+    cli: dict[str, Any] = field(default_factory=dict)  # the -p overrides among them
+
+    @property
+    def values(self) -> dict[str, Any]:
+        """Every parameter's value in this run: the defaults, then the overrides."""
+        return {**self.defaults, **self.parameters}
 
 
 def plan_run(profile: str, selectors: Iterable[str] | None = None, overrides: dict[str, Any] | None = None) -> list[Plan]:
@@ -82,7 +89,7 @@ def plan_run(profile: str, selectors: Iterable[str] | None = None, overrides: di
     overrides = dict(overrides or {})
     plans, used = [], set()
     for chapter in chosen:
-        defaults = chapter_parameters(chapter)
+        defaults = {name: d.default for name, d in chapter_declarations(chapter).items()}
         params = dict(prof["chapters"].get(chapter.stem, {}))
         bad = sorted(set(params) - set(defaults))
         if bad:
@@ -90,11 +97,10 @@ def plan_run(profile: str, selectors: Iterable[str] | None = None, overrides: di
                 f"profile {profile!r}, chapter {chapter.stem}: unknown parameters {bad}; "
                 f"valid: {', '.join(defaults)}"
             )
-        for name, value in overrides.items():
-            if name in defaults:
-                params[name] = value
-                used.add(name)
-        plans.append(Plan(chapter, defaults, params))
+        cli = {name: value for name, value in overrides.items() if name in defaults}
+        params.update(cli)
+        used.update(cli)
+        plans.append(Plan(chapter, defaults, params, cli))
     unused = sorted(set(overrides) - used)
     if unused:
         valid = sorted({n for p in plans for n in p.defaults})
@@ -102,4 +108,15 @@ def plan_run(profile: str, selectors: Iterable[str] | None = None, overrides: di
             f"unknown parameter(s) {unused} for chapter(s) {', '.join(p.chapter.stem for p in plans)}; "
             f"valid: {', '.join(valid)}"
         )
+    check_values(plans)
     return plans
+
+
+def check_values(plans: list[Plan]) -> None:
+    """Every parameter value of every chapter fits its declaration, or :class:`UsageError` lists
+    each problem (chapter, parameter, value, what is valid) before anything executes."""
+    problems = []
+    for plan in plans:
+        problems += value_problems(plan.chapter.stem, chapter_declarations(plan.chapter), plan.values)
+    if problems:
+        raise UsageError("bad parameter values (nothing was run):\n  " + "\n  ".join(problems))

@@ -20,16 +20,21 @@ import datetime as _dt
 import hashlib
 import os
 import re
+import shlex
 import shutil
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from fslib import __version__, artefacts, paths
 from fslib.artefacts import ArtefactDamaged
 from fslib.book.chapters import Chapter, ChapterFailed
+from fslib.book.parameters import source_as_run
 from fslib.book.profiles import Plan
+from fslib.book.progress import KernelStderr, cells_bar
 from fslib.io import atomic_path, stable_hash
 
 RUN_RECORDS = "runs.json"
@@ -51,6 +56,7 @@ def _execution_key(plan: Plan, profile: str) -> str:
         {
             "source": hashlib.sha256(plan.chapter.path.read_bytes()).hexdigest(),
             "parameters": plan.parameters,
+            "cli": plan.cli,
             "profile": profile,
             "fslib": library_fingerprint(),
         }
@@ -71,12 +77,29 @@ def _seeds(params: dict[str, Any]) -> str:
     return ", ".join(f"`{k} = {v!r}`" for k, v in found.items()) or "none"
 
 
+def yaml_value(value: Any) -> str:
+    """A parameter value as ``-p name=VALUE`` takes it (YAML flow style).
+
+    >>> yaml_value(["syn_b1", "syn_b2"]), yaml_value(0.5), yaml_value(None), yaml_value("a b")
+    ('[syn_b1, syn_b2]', '0.5', 'null', 'a b')
+    """
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+    return text.removesuffix("...").strip()
+
+
+def rerun_command(plan: Plan, profile: str) -> str:
+    """The exact ``python -m fslib run`` command that executes ``plan`` again (``-p`` overrides included)."""
+    parts = ["python", "-m", "fslib", "run", "--profile", profile, "--chapter", str(plan.chapter.number)]
+    for name, value in plan.cli.items():
+        parts += ["-p", f"{name}={yaml_value(value)}"]
+    return shlex.join(parts)
+
+
 def run_settings_markdown(plan: Plan, profile: str, device: str, seconds: float, when: str) -> str:
     """The "Run settings" admonition shown under a chapter's title."""
     effective = {**plan.defaults, **plan.parameters}
     changed = {k: v for k, v in plan.parameters.items() if plan.defaults.get(k) != v}
     changed_text = ", ".join(f"`{k} = {v!r}`" for k, v in changed.items()) or "none (the chapter's defaults)"
-    rerun = f"python -m fslib run --profile {profile} --chapter {plan.chapter.number}"
     return (
         "```{admonition} Run settings\n"
         ":class: note\n\n"
@@ -84,8 +107,26 @@ def run_settings_markdown(plan: Plan, profile: str, device: str, seconds: float,
         f"executed {when} with fslib {__version__}\n\n"
         f"**Parameters that differ from the defaults:** {changed_text}\n\n"
         f"**Seeds:** {_seeds(effective)}\n\n"
-        f"Re-run this chapter with `{rerun}` (add `-p name=value` to change a parameter).\n"
+        f"This page was produced by `{rerun_command(plan, profile)}` "
+        "(add `-p name=value` to change a parameter).\n"
         "```"
+    )
+
+
+NOT_RESULTS = {"smoke"}
+"""Profiles whose pages carry the "numbers are not results" banner."""
+
+
+def smoke_banner_markdown(profile: str) -> str:
+    """The banner on a page executed with a profile of :data:`NOT_RESULTS` (a colon fence: its
+    title holds backticks, which a backtick fence's info string may not)."""
+    return (
+        f":::{{admonition}} Executed with the `{profile}` profile: the numbers on this page are not results\n"
+        ":class: warning fsbook-not-results\n\n"
+        f"The `{profile}` profile only proves that the code runs: tiny models, a few iterations, a few "
+        "images. The verdicts and numbers below say nothing about the paper. The book built with "
+        "`python -m fslib run --profile default` holds the results.\n"
+        ":::"
     )
 
 
@@ -111,6 +152,24 @@ def _plain_scalars(nb) -> None:
                     data[key] = plain_scalar_text(data[key])
 
 
+def _title_index(nb) -> int:
+    """Index of the first markdown cell with a ``# title`` line (the chapter's title)."""
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "markdown" and re.search(r"^# ", cell.source, flags=re.MULTILINE):
+            return i
+    return -1
+
+
+def _glue_cell(nbformat, name: str, value: str):
+    """A hidden code cell holding what ``myst_nb.glue(name, value, display=False)`` would store."""
+    cell = nbformat.v4.new_code_cell("")
+    cell.metadata["tags"] = ["remove-cell"]
+    prefix = "application/papermill.record/"
+    cell.outputs = [nbformat.v4.new_output("display_data", data={prefix + "text/plain": repr(value)},
+                                           metadata={"scrapbook": {"name": name, "mime_prefix": prefix}})]
+    return cell
+
+
 def _finalise(nb_path: Path, plan: Plan, profile: str, device: str, seconds: float, key: str) -> None:
     import nbformat
 
@@ -124,14 +183,21 @@ def _finalise(nb_path: Path, plan: Plan, profile: str, device: str, seconds: flo
             tags.append("remove-cell")
             insert_at = i + 1
         elif "parameters" in tags and not insert_at:
+            cell.source = source_as_run(cell.source, plan.values)  # the values this page ran with
             insert_at = i + 1
     box = nbformat.v4.new_markdown_cell(run_settings_markdown(plan, profile, device, seconds, when))
     box.metadata["tags"] = ["fsbook-run-settings"]
     nb.cells.insert(insert_at, box)
+    if profile in NOT_RESULTS:
+        banner = nbformat.v4.new_markdown_cell(smoke_banner_markdown(profile))
+        banner.metadata["tags"] = ["fsbook-not-results"]
+        nb.cells.insert(_title_index(nb) + 1, banner)
+    nb.cells.append(_glue_cell(nbformat, "fsbook_profile", profile))  # the intro's table shows it
     nb.metadata["fsbook"] = {
         "key": key,
         "profile": profile,
         "parameters": plan.parameters,
+        "cli": plan.cli,
         "device": device,
         "wall_seconds": round(seconds, 1),
         "executed": when,
@@ -141,15 +207,16 @@ def _finalise(nb_path: Path, plan: Plan, profile: str, device: str, seconds: flo
         nbformat.write(nb, tmp)
 
 
-def read_run_records(log=print) -> dict[str, dict[str, Any]]:
-    """``book/executed/runs.json``: one record per executed chapter (``{}`` when none yet).
+def read_run_records(log=print, out_dir: Path | None = None) -> dict[str, dict[str, Any]]:
+    """``runs.json`` of ``out_dir`` (default ``book/executed``): one record per executed chapter (``{}`` when none yet).
 
     Damaged records are moved aside (``runs.json.damaged``) and rebuilt from the metadata
     of the executed notebooks, which hold the same record.
     """
     import nbformat
 
-    path = paths.executed_dir() / RUN_RECORDS
+    out_dir = paths.executed_dir() if out_dir is None else out_dir
+    path = out_dir / RUN_RECORDS
     if not path.exists():
         return {}
     try:
@@ -161,7 +228,7 @@ def read_run_records(log=print) -> dict[str, dict[str, Any]]:
         aside = artefacts.set_aside(path)
         log(f"[fslib] {exc.path} is damaged ({exc.reason}); moved to {aside.name}, rebuilt from the executed notebooks")
     records = {}
-    for nb_path in sorted(paths.executed_dir().glob("[0-9][0-9]_*.ipynb")):
+    for nb_path in sorted(out_dir.glob("[0-9][0-9]_*.ipynb")):
         try:
             meta = nbformat.read(nb_path, as_version=4).metadata.get("fsbook")
         except Exception:  # noqa: BLE001 - an unreadable notebook has no record to give
@@ -172,14 +239,16 @@ def read_run_records(log=print) -> dict[str, dict[str, Any]]:
     return records
 
 
-def _record(chapter: Chapter, meta: dict[str, Any]) -> None:
-    records = read_run_records()
+def _record(out_dir: Path, chapter: Chapter, meta: dict[str, Any]) -> None:
+    records = read_run_records(out_dir=out_dir)
     records[chapter.stem] = meta
-    artefacts.write_json(paths.executed_dir() / RUN_RECORDS, records)
+    artefacts.write_json(out_dir / RUN_RECORDS, records)
 
 
-def _cached_notebook(profile: str, chapter: Chapter) -> Path:
-    return paths.cache_dir("executed", profile) / f"{chapter.stem}.ipynb"
+def _cached_notebook(profile: str, plan: Plan, key: str) -> Path:
+    """The per-profile cache of executed notebooks; a run with ``-p`` overrides has its own entry."""
+    name = plan.chapter.stem if not plan.cli else f"{plan.chapter.stem}-{key[:12]}"
+    return paths.cache_dir("executed", profile) / f"{name}.ipynb"
 
 
 def _cached_metadata(cached: Path, log) -> dict[str, Any] | None:
@@ -197,35 +266,53 @@ def _cached_metadata(cached: Path, log) -> dict[str, Any] | None:
         return None
 
 
-def run_chapters(plans: list[Plan], profile: str, *, force: bool = False, log=print) -> list[dict[str, Any]]:
+def default_output(plans: list[Plan], profile: str) -> Path:
+    """Where executed notebooks go: the book's ``book/executed`` for a plain profile run; a run with
+    ``-p`` overrides goes to ``_build/sweeps/<profile>-<overrides>/`` so it never overwrites the book."""
+    cli = {k: v for plan in plans for k, v in plan.cli.items()}
+    if not cli:
+        return paths.executed_dir()
+    label = "-".join(f"{k}={yaml_value(v)}" for k, v in sorted(cli.items()))
+    label = re.sub(r"[^A-Za-z0-9._=,-]+", "", label.replace(" ", ""))
+    if len(label) > 60:
+        label = label[:48] + "-" + stable_hash(cli, 8)
+    return paths.repo_root() / "_build" / "sweeps" / f"{profile}-{label}"
+
+
+def run_chapters(plans: list[Plan], profile: str, *, force: bool = False, log=print,
+                 output: str | os.PathLike | None = None, progress: bool = True) -> list[dict[str, Any]]:
     """Execute chapters with papermill; return one record per chapter.
 
-    Raises :class:`ChapterFailed` at the first failing chapter, naming it and the failing
-    cell's error; the partial notebook is kept as ``book/executed/NN_name.failed.ipynb``.
+    Executed notebooks go to ``output`` (default: :func:`default_output`). Raises
+    :class:`ChapterFailed` at the first failing chapter, naming it and the failing cell's
+    error; the partial notebook is kept as ``<output>/NN_name.failed.ipynb``.
     """
     import jupytext
     import nbformat
     import papermill
 
     paths.pin_environment()  # the kernels run in book/: a relative FSLIB_CACHE must mean the same folder there
-    out_dir = paths.executed_dir()
+    out_dir = Path(output) if output is not None else default_output(plans, profile)
+    out_dir = out_dir.resolve()
+    in_book = out_dir == paths.executed_dir().resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    read_run_records(log)  # damaged records are rebuilt now, not after the chapters ran
+    read_run_records(log, out_dir)  # damaged records are rebuilt now, not after the chapters ran
     # the kernel inherits this process's environment: a non-interactive MPLBACKEND (e.g. Agg)
     # would silently drop every figure from the executed notebooks
     os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
     records = []
     for plan in plans:
         chapter = plan.chapter
+        target = out_dir / f"{chapter.stem}.ipynb"
         key = _execution_key(plan, profile)
-        cached = _cached_notebook(profile, chapter)
+        cached = _cached_notebook(profile, plan, key)
         meta = None if force else _cached_metadata(cached, log)
         if meta is not None:
             if meta.get("key") == key:
-                artefacts.copy_file(cached, chapter.executed_path)
-                _record(chapter, {**meta, "cached": True})
+                artefacts.copy_file(cached, target)
+                _record(out_dir, chapter, {**meta, "cached": True})
                 log(f"[fslib] {chapter.stem}: up to date (profile {profile}, executed {meta.get('executed')})")
-                records.append({**meta, "chapter": chapter.stem, "cached": True})
+                records.append({**meta, "chapter": chapter.stem, "cached": True, "path": str(target)})
                 continue
         device = _resolved_device({**plan.defaults, **plan.parameters})
         log(f"[fslib] {chapter.stem}: executing with profile {profile} {plan.parameters or ''}")
@@ -233,7 +320,8 @@ def run_chapters(plans: list[Plan], profile: str, *, force: bool = False, log=pr
         work = out_dir / f".{chapter.stem}.running.ipynb"
         start = time.perf_counter()
         try:
-            _papermill(jupytext.read(chapter.path), work, plan.parameters, chapter.path.parent)
+            _papermill(jupytext.read(chapter.path), work, plan.parameters, chapter.path.parent,
+                       progress=chapter.stem if progress else None)
         except papermill.PapermillExecutionError as exc:
             if work.exists():
                 os.replace(work, partial)
@@ -243,18 +331,43 @@ def run_chapters(plans: list[Plan], profile: str, *, force: bool = False, log=pr
             ) from None
         seconds = time.perf_counter() - start
         _finalise(work, plan, profile, device, seconds, key)
-        for target in (cached, chapter.executed_path):
-            artefacts.copy_file(work, target)
+        for dest in (cached, target):
+            artefacts.copy_file(work, dest)
         meta = nbformat.read(work, as_version=4).metadata["fsbook"]
         work.unlink()
         partial.unlink(missing_ok=True)
-        _record(chapter, {**meta, "cached": False})
+        _record(out_dir, chapter, {**meta, "cached": False})
         log(f"[fslib] {chapter.stem}: done in {seconds:.0f} s")
-        records.append({**meta, "chapter": chapter.stem, "cached": False})
+        records.append({**meta, "chapter": chapter.stem, "cached": False, "path": str(target)})
+    log(summary(records, out_dir, in_book))
     return records
 
 
-def _papermill(nb, out: Path, parameters: dict[str, Any], cwd: Path) -> None:
+def _shown(path: Path) -> str:
+    """``path`` as a user would type it: relative to the repository when inside it."""
+    try:
+        return str(path.relative_to(paths.repo_root()))
+    except ValueError:
+        return str(path)
+
+
+def summary(records: list[dict[str, Any]], out_dir: Path, in_book: bool) -> str:
+    """The closing lines of ``fslib run``: what was written and what to run next."""
+    lines = [f"[fslib] wrote {len(records)} executed notebook(s) to {_shown(out_dir)}/:"]
+    for r in records:
+        how = "unchanged, from the cache" if r["cached"] else f"executed in {r['wall_seconds']:.0f} s"
+        lines.append(f"  {Path(r['path']).name}  ({how}, profile {r['profile']})")
+    if in_book:
+        lines.append("[fslib] next: `python -m fslib build` renders the book into _build/html "
+                     "(then open _build/html/index.html)")
+    else:
+        lines.append("[fslib] these notebooks are not part of the book; open them with Jupyter "
+                     "(`pip install -e '.[interactive]'`, then `jupyter lab`), or re-run with "
+                     "`--output book/executed` to put them into the book")
+    return "\n".join(lines)
+
+
+def _papermill(nb, out: Path, parameters: dict[str, Any], cwd: Path, progress: str | None = None) -> None:
     """Execute ``nb`` into ``out`` with papermill on a ``python3`` kernel.
 
     On POSIX the kernel talks over IPC sockets instead of unencrypted local TCP ports
@@ -264,6 +377,9 @@ def _papermill(nb, out: Path, parameters: dict[str, Any], cwd: Path) -> None:
     The manager is asynchronous, as the one nbclient makes for itself: with a blocking one,
     nbclient waits for a cell's reply inside its event loop, so neither Ctrl-C nor a dead
     kernel would be noticed until the cell ends.
+
+    ``progress``: the chapter's name for a bar over its cells, with the kernel's own bars
+    (trainings, ablations) forwarded above it (:mod:`fslib.book.progress`); ``None``: silent.
     """
     import papermill
     from jupyter_client.manager import AsyncKernelManager
@@ -274,13 +390,17 @@ def _papermill(nb, out: Path, parameters: dict[str, Any], cwd: Path) -> None:
     km = AsyncKernelManager(kernel_name="python3", transport="ipc" if ipc else "tcp")
     if sockets is not None:
         km.ip = str(sockets / "kernel")  # absolute: the default "kernel-ipc" is relative to each process's cwd
+    stderr = KernelStderr() if progress else None
     try:
         papermill.execute_notebook(nb, str(out), parameters=parameters, kernel_name="python3",
-                                   cwd=str(cwd), progress_bar=False, km=km)
+                                   cwd=str(cwd), progress_bar=cells_bar(progress) if progress else False,
+                                   stderr_file=stderr, km=km)
     except KeyboardInterrupt:
         Path(out).unlink(missing_ok=True)
         raise
     finally:
+        if stderr is not None:
+            stderr.close()
         if km.has_kernel:
             run_sync(km.shutdown_kernel)(now=True)
         if sockets is not None:

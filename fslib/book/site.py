@@ -1,8 +1,13 @@
 """Building the site: the reproducibility appendix and ``jupyter-book build``.
+
+:func:`build` is ``python -m fslib build``: it checks that every chapter was executed, writes
+the appendix and runs ``jupyter-book build`` with warnings as errors. A plain
+``jupyter-book build .`` does the same checks through :mod:`fslib.book.sphinxext`.
 """
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
@@ -77,7 +82,54 @@ def reproducibility_markdown(records: dict[str, dict[str, Any]]) -> str:
             f"| {stem} | `{r.get('profile')}` | `{r.get('device')}` | {r.get('wall_seconds')} | {r.get('executed')} | {params} |"
         )
     lines += ["", f"Total execution wall time of the chapters as shown: {total:.0f} s ({total / 60:.1f} min).", ""]
+    mixed = profile_mix(records)
+    if mixed:
+        lines[6:6] = ["```{warning}", mixed, "```", ""]
     return "\n".join(lines)
+
+
+def executed_records() -> dict[str, dict[str, Any]]:
+    """The run records of the book's chapters (``book/executed/runs.json``), chapters of the book only."""
+    records = read_run_records()
+    stems = {c.stem for c in discover_chapters()}
+    return {k: v for k, v in records.items() if k in stems}
+
+
+def profile_mix(records: dict[str, dict[str, Any]]) -> str | None:
+    """A warning when the chapters were executed under different profiles (or with ``-p`` overrides); else ``None``."""
+    by_profile: dict[str, list[str]] = {}
+    for stem, r in sorted(records.items()):
+        label = str(r.get("profile")) + (" with -p overrides" if r.get("cli") else "")
+        by_profile.setdefault(label, []).append(stem[:2].lstrip("0"))
+    if len(by_profile) < 2:
+        return None
+    parts = "; ".join(f"{label}: chapter(s) {', '.join(ch)}" for label, ch in by_profile.items())
+    return (f"This book mixes chapters executed under different settings ({parts}): numbers "
+            "from different chapters do not come from the same models. Run every chapter with one "
+            "profile (`python -m fslib run --profile NAME`) to build a consistent book.")
+
+
+def missing_chapters() -> list[str]:
+    """The chapters whose executed notebook is not in ``book/executed``."""
+    return [c.stem for c in discover_chapters() if not c.executed_path.exists()]
+
+
+NOT_EXECUTED_HELP = ("the chapters are executed by `python -m fslib run` (papermill), and `python -m fslib build` "
+                     "then builds the book (jupyter-book build with strict checks)")
+
+
+def write_appendix() -> dict[str, dict[str, Any]]:
+    """Check every chapter was executed, write ``book/executed/reproducibility.md``; return the records.
+
+    Raises :class:`UsageError` naming the chapters not executed yet and the commands to run.
+    """
+    missing = missing_chapters()
+    if missing:
+        raise UsageError(f"chapters not executed yet: {', '.join(missing)}; {NOT_EXECUTED_HELP}")
+    _check_executed()
+    records = executed_records()
+    atomic_write_text(paths.executed_dir() / "reproducibility.md", reproducibility_markdown(records))
+    return records
 
 
 def toc_files() -> list[str]:
@@ -113,12 +165,10 @@ def _check_executed() -> None:
 def build(*, all_pages: bool = False, strict: bool = True, keep_going: bool = False, output: str | None = None) -> Path:
     """Write the appendix, check every chapter was executed, run ``jupyter-book build``."""
     root = paths.repo_root()
-    records = read_run_records()
-    missing = [c.stem for c in discover_chapters() if not c.executed_path.exists()]
-    if missing:
-        raise UsageError(f"chapters not executed yet: {', '.join(missing)}; run `python -m fslib run` first")
-    _check_executed()
-    atomic_write_text(paths.executed_dir() / "reproducibility.md", reproducibility_markdown(records))
+    records = write_appendix()
+    mixed = profile_mix(records)
+    if mixed:
+        print(f"[fslib] warning: {mixed}", file=sys.stderr)
     cmd = [sys.executable, "-c", "import sys; from jupyter_book.cli.main import main; sys.exit(main())", "build", str(root)]
     if output:
         cmd += ["--path-output", output]
@@ -128,7 +178,8 @@ def build(*, all_pages: bool = False, strict: bool = True, keep_going: bool = Fa
         cmd.append("-W")
     if keep_going:
         cmd.append("--keep-going")
-    result = subprocess.run(cmd, cwd=root)
+    env = {**os.environ, "FSLIB_BUILD": "1"}  # fslib.book.sphinxext: checked and warned here already
+    result = subprocess.run(cmd, cwd=root, env=env)
     if result.returncode != 0:
         raise RuntimeError(f"jupyter-book build failed (exit {result.returncode}): {' '.join(cmd)}")
     base = Path(output) if output else root

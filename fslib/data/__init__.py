@@ -10,15 +10,18 @@ Where the images come from, in this order (the first that applies is used, and
 1. a folder given with ``root=`` or the dataset's environment variable
    (``FSLIB_IMAGENET10``, ``FSLIB_IMAGENET_SCT``, ``FSLIB_CUE_CONFLICT``);
 2. the archive ``$FSLIB_DATA/<file>`` (see ``data/README.md``), checked against its sha256;
-3. the official download through torchvision, only when asked for with ``download=True`` or
-   ``FSLIB_DOWNLOAD=1`` (CIFAR-10 and Imagenette).
+3. the official download (CIFAR-10 and Imagenette through torchvision, the texture-vs-shape
+   stimuli from their GitHub repository at a pinned commit; :mod:`~fslib.data.download`),
+   fetched only when asked for with ``download=True`` or ``FSLIB_DOWNLOAD=1`` and used
+   without asking once it is here.
 
 Nothing else: a missing or corrupt source raises :class:`DatasetNotFound` or
 :class:`ArchiveCorrupt`, never a quiet switch to another source or dataset.
 
 Modules: :mod:`~fslib.data.registry` (what datasets exist), :mod:`~fslib.data.sources`
-(where their files come from), :mod:`~fslib.data.layouts` (how the files are laid out) and
-:mod:`~fslib.data.cache` (the prepared arrays).
+(where their files come from), :mod:`~fslib.data.download` (the official downloads),
+:mod:`~fslib.data.layouts` (how the files are laid out) and :mod:`~fslib.data.cache` (the
+prepared arrays).
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ from fslib.data.registry import (
     _options,
     _spec,
 )
-from fslib.data.sources import _open_source
+from fslib.data.download import DownloadFailed
+from fslib.data.sources import _download_enabled, _open_source
 from fslib.images import ArchiveCorrupt, DataError, DatasetNotFound, LabeledImages, NotEnoughSpace
 from fslib.paths import data_root
 from fslib import synthetic
@@ -49,7 +53,8 @@ from fslib.data import skew
 __all__ = [
     "DATASETS", "EXPECTED_SHA256", "IMAGE_RESOLUTIONS", "RESIZE", "CUE_SUBFOLDERS", "PREP_VERSION", "DatasetSpec",
     "LabeledImages", "DataError", "DatasetNotFound", "ArchiveCorrupt", "NotEnoughSpace", "ArtefactWarning",
-    "load", "prepare", "status", "format_status", "balanced_subset", "check_options", "skewed_test", "skew",
+    "DownloadFailed", "load", "prepare", "status", "format_status", "balanced_subset", "check_options", "skewed_test",
+    "skew", "find_sources", "download_enabled",
 ]
 
 
@@ -171,6 +176,47 @@ def prepare(name: str, split: str | None = None, *, resolution: int | None = Non
         raise ValueError(f"{name!r} is derived from {skew.SKEWED[name]!r} on load: prepare {skew.SKEWED[name]!r}")
     split, size = _check_args(spec, split, resolution, root, download, all_classes)
     return [_prepare_split(spec, s, size, root, download, all_classes, progress) for s in ([split] if split else spec.splits)]
+
+
+def download_enabled(download: bool | None = None) -> bool:
+    """Whether official downloads are allowed: ``download``, or ``FSLIB_DOWNLOAD`` when it is ``None``.
+
+    Raises ValueError for an ``FSLIB_DOWNLOAD`` value that is not 1/true/yes/0/false/no.
+    """
+    return _download_enabled(download)
+
+
+def find_sources(names: list[str], *, download: bool | None = None) -> dict[str, str | None]:
+    """Check that every dataset in ``names`` has a source, before any of it is needed.
+
+    A dataset whose archive or folder is missing is downloaded now when downloads are allowed
+    (``download``, or ``FSLIB_DOWNLOAD`` when ``None``) and it has an official download.
+
+    Returns
+    -------
+    dict
+        name -> ``None`` when its source is here (or was just fetched and checked), else the
+        problem: the message of :class:`DatasetNotFound`, :class:`ArchiveCorrupt` or
+        :class:`DownloadFailed`. Synthetic sets need nothing.
+    """
+    out: dict[str, str | None] = {}
+    tried: dict[str, str | None] = {}  # datasets of one archive share their source (the stimuli)
+    for name in names:
+        spec = _spec(skew.SKEWED.get(name, name))  # a derived set needs the source it is derived from
+        if spec.name in _SYN:
+            out[name] = None
+            continue
+        shared = spec.archive or name
+        if shared in tried and tried[shared] is not None and "download" in tried[shared]:
+            out[name] = tried[shared]  # a failed download is not tried again for a sibling
+            continue
+        try:
+            _open_source(spec, None, download if spec.download else False)
+            out[name] = None
+        except DataError as exc:
+            out[name] = str(exc)
+        tried[shared] = out[name]
+    return out
 
 
 def status(recheck: bool = True) -> list[dict]:

@@ -48,7 +48,7 @@ class DatasetSpec:
 _SYN = {f"syn_b{k}": DatasetSpec(f"syn_b{k}", K.SYNTHETIC_CLASSES, resolutions=(32,), native=32) for k in (1, 2, 3, 4)}
 
 
-_CUE_KW = dict(classes=K.CUE_CONFLICT_CLASSES, splits=("test",), archive="cue_conflict7.zip",
+_CUE_KW = dict(classes=K.CUE_CONFLICT_CLASSES, splits=("test",), archive="cue_conflict7.zip", download=True,
                root_env="FSLIB_CUE_CONFLICT", license=K.CUE_CONFLICT_LICENSE)
 
 

@@ -20,6 +20,8 @@ import numpy as np
 from fslib import constants as K
 from fslib.io import read_json, sha256_file, stable_hash, write_json
 from fslib.paths import cache_dir, data_root
+from fslib.data.download import (TVS_REPOSITORY, download_stimuli, download_torchvision, stimuli_downloaded,
+                                 torchvision_downloaded)
 from fslib.data.registry import DatasetSpec, EXPECTED_SHA256
 from fslib.images import ArchiveCorrupt, DatasetNotFound
 
@@ -168,7 +170,11 @@ def _not_found(spec: DatasetSpec, looked: str) -> DatasetNotFound:
     if spec.archive:
         lines.append(f"Put {spec.archive} (sha256 {EXPECTED_SHA256[spec.archive]}) in {data_root()}, or set "
                      f"FSLIB_DATA to the folder that holds it (FSLIB_DATA is {repr(env) if env else 'not set'}).")
-    if spec.download:
+    if spec.download and spec.root_env == "FSLIB_CUE_CONFLICT":
+        lines.append(f"Or download the stimuli from {TVS_REPOSITORY} (pinned commit, checked by content digest): "
+                     f"fslib.data.load({spec.name!r}, download=True) or FSLIB_DOWNLOAD=1 (saved under "
+                     f"{data_root() / 'texture-vs-shape'}).")
+    elif spec.download:
         lines.append(f"Or download the official files with torchvision: fslib.data.load({spec.name!r}, download=True) "
                      f"or FSLIB_DOWNLOAD=1 (saved under {data_root() / 'torchvision'}).")
     if spec.name in ("imagenet10", "imagenet_sct"):
@@ -209,24 +215,36 @@ def _open_source(spec: DatasetSpec, root, download: bool | None, recheck: bool =
             note = {"cifar10": " (JPEG q75, 4:2:0)", "imagenette": " (squashed to 224x224, JPEG q75)",
                     "imagenet10_samples": " (full-resolution ImageNet JPEG)"}.get(spec.name, " (PNG, CC BY 4.0)")
             return _Source("zip", path, _ZipReader(path), spec.archive + note, "sha256:" + sha)
-        if spec.download and _download_enabled(download):
-            return _torchvision_source(spec)
+        if spec.download:
+            src = _downloaded_source(spec, fetch=_download_enabled(download))
+            if src is not None:
+                return src
         raise _not_found(spec, str(path))
     raise _not_found(spec, f"a folder (root=None and {spec.root_env} is not set)")
 
 
-def _torchvision_source(spec: DatasetSpec) -> _Source:
-    """Official files through torchvision (needs internet the first time)."""
+def _downloaded_source(spec: DatasetSpec, fetch: bool) -> _Source | None:
+    """The official download of ``spec``: already here, fetched now when ``fetch``, else ``None``."""
+    if spec.root_env == "FSLIB_CUE_CONFLICT":  # the texture-vs-shape stimuli
+        folder = stimuli_downloaded() or (download_stimuli() if fetch else None)
+        if folder is None:
+            return None
+        return _Source("folder", folder, _DirReader(folder), f"texture-vs-shape download {folder} (PNG, CC BY 4.0)")
     root = data_root() / "torchvision"
+    if not torchvision_downloaded(spec.name, root):
+        if not fetch:
+            return None
+        download_torchvision(spec.name, root)
+    return _torchvision_source(spec, root)
+
+
+def _torchvision_source(spec: DatasetSpec, root: Path) -> _Source:
+    """Official files through torchvision, already downloaded into ``root``."""
     if spec.name == "cifar10":
         from torchvision.datasets import CIFAR10
 
         return _Source("torchvision", root, None, "torchvision CIFAR10 (lossless, official python batches)",
                        "torchvision-cifar10-md5:" + CIFAR10.tgz_md5)
-    from torchvision.datasets import Imagenette
-
-    for split in ("train", "val"):
-        Imagenette(str(root), split=split, size="full", download=True)  # checks the archive's md5
     return _Source("torchvision", root / "imagenette2", _DirReader(root / "imagenette2"),
                    "torchvision Imagenette full (imagenette2.tgz)")
 
@@ -242,7 +260,7 @@ def _cifar10_torchvision(root: Path, split: str) -> tuple[np.ndarray, np.ndarray
     """
     from torchvision.datasets import CIFAR10
 
-    ds = CIFAR10(str(root), train=split == "train", download=True)
+    ds = CIFAR10(str(root), train=split == "train", download=False)  # fetched by download_torchvision
     labels = np.asarray(ds.targets, dtype=np.int64)
     order = np.argsort(labels, kind="stable")
     return np.ascontiguousarray(ds.data[order].transpose(0, 3, 1, 2)), labels[order], order
