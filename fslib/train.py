@@ -64,8 +64,9 @@ def _cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: "Tra
     return F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing), logits
 
 
-OBJECTIVES: dict[str, Objective] = {"ce": _cross_entropy}
-"""Training objectives by name (``TrainConfig.objective``); ``"ce"`` is the paper's cross-entropy."""
+OBJECTIVES: dict[str, Objective] = {"ce": _cross_entropy, "aaua_aad": aug.adversarial.aaua_aad_objective}
+"""Training objectives by name (``TrainConfig.objective``); ``"ce"`` is the paper's cross-entropy,
+``"aaua_aad"`` AAUA + AAD with a Jensen-Shannon consistency (:mod:`fslib.augment.adversarial`)."""
 
 
 def register_objective(name: str, fn: Objective) -> None:
