@@ -9,5 +9,6 @@ from fslib.plot.common import *  # noqa: F401,F403
 from fslib.plot.compare import *  # noqa: F401,F403
 from fslib.plot.dfm import *  # noqa: F401,F403
 from fslib.plot.dynamics import *  # noqa: F401,F403
+from fslib.plot.mitigation import *  # noqa: F401,F403
 from fslib.plot.ood import *  # noqa: F401,F403
 from fslib.plot.synthetic import *  # noqa: F401,F403
