@@ -8,9 +8,11 @@ verdict live here, each stated in its docstring, so a chapter never invents its 
   "does not hold" in none (claims 1a, 1b, 1c, 5);
 * :func:`shortcut_verdict`: claim 3, from a shortcut-test table;
 * :func:`transfer_verdict`: claim 4, from the transfer of shortcuts to OOD images;
-* :func:`spread_verdict`, :func:`roles_verdict` (:func:`shallow_fraction`), :func:`mitigation_verdict`: Tsoy and
+* :func:`spread_verdict`, :func:`roles_verdict` (:func:`shallow_fraction`), :func:`layerwise_mitigation_verdict`: Tsoy and
   Konstantinov's claims on where a shortcut lives (chapter 9);
 * :func:`gated_verdict`: a verdict whose precondition failed says so instead of a verdict;
+* :func:`shortcut_outcome`, :func:`mitigation_verdict` and :func:`mitigation_claim`: chapter 8,
+  does a mitigation method remove frequency shortcuts, or move them?
 * :func:`differences` and :func:`describe_recipe`: a training config against the paper's
   recipe (the ``TrainConfig`` defaults), as table rows or one line; :func:`markdown_table`
   shows such a table whole (no cell cut short).
@@ -191,13 +193,13 @@ def roles_verdict(encode: pd.Series, repair: pd.Series, shallow: Sequence[str], 
     return count_verdict(int(enc >= majority) + int(1 - rep >= majority), 2)
 
 
-def mitigation_verdict(gain_conflicting: Sequence[float], gain_clean: Sequence[float], min_gain: float = 0.02) -> str:
+def layerwise_mitigation_verdict(gain_conflicting: Sequence[float], gain_clean: Sequence[float], min_gain: float = 0.02) -> str:
     """"Freezing or slowing the blocks the measurement blames mitigates the shortcut": an
     intervention *helps* when it raises the mean accuracy on conflicting test images by at
     least ``min_gain`` over the plain skewed model and costs at most ``min_gain`` on clean
     ones; :func:`count_verdict` over the interventions tried.
 
-    >>> mitigation_verdict([0.10, 0.00], [0.01, 0.02])
+    >>> layerwise_mitigation_verdict([0.10, 0.00], [0.01, 0.02])
     'partly'
     """
     conf, clean = list(gain_conflicting), list(gain_clean)
@@ -205,6 +207,71 @@ def mitigation_verdict(gain_conflicting: Sequence[float], gain_clean: Sequence[f
         raise ValueError(f"need one clean gain per conflicting gain, got {len(conf)} and {len(clean)}")
     helps = sum(c >= min_gain and k >= -min_gain for c, k in zip(conf, clean))
     return count_verdict(helps, len(conf))
+SHORTCUT_OUTCOMES = ("kept", "moved", "removed", "new", "none")
+"""What became of one class after retraining (:func:`shortcut_outcome`)."""
+
+MITIGATION_VERDICTS = ("removes", "moves", "keeps", "nothing to remove")
+"""The answers of :func:`mitigation_verdict` to "does the method remove shortcuts, or move them?"."""
+
+
+def shortcut_outcome(before: bool, old_after: bool, new_after: bool) -> str:
+    """What became of one class's frequency shortcut when a model was retrained.
+
+    ``before``: the class's DFM passed the shortcut test on the source model; ``old_after``:
+    that same (old) DFM still passes on the retrained model; ``new_after``: the DFM recomputed
+    on the retrained model passes. A shortcut class of the source is *kept* (its old DFM still
+    works), *moved* (the old DFM fails, a recomputed one works) or *removed* (neither works);
+    another class is *new* when either DFM passes on the retrained model, else *none*.
+
+    >>> shortcut_outcome(True, False, True), shortcut_outcome(True, False, False), shortcut_outcome(False, False, True)
+    ('moved', 'removed', 'new')
+    """
+    if before:
+        return "kept" if old_after else "moved" if new_after else "removed"
+    return "new" if (old_after or new_after) else "none"
+
+
+def mitigation_verdict(outcomes: Sequence[str]) -> str:
+    """Does retraining remove the source model's frequency shortcuts, or move them?
+
+    With ``S`` the source's shortcut classes (outcomes kept, moved, removed): "nothing to
+    remove" when ``S`` is empty; "keeps" when at least half of ``S`` is kept (the old DFMs
+    still work); else "moves" when the classes with a shortcut found only by the recomputed
+    DFMs (moved and new) number at least half of ``|S|``; else "removes".
+
+    >>> mitigation_verdict(["kept", "moved", "moved", "removed"]), mitigation_verdict(["moved", "new", "removed"])
+    ('moves', 'moves')
+    >>> mitigation_verdict(["removed", "removed", "moved"]), mitigation_verdict(["kept", "removed"])
+    ('removes', 'keeps')
+    """
+    bad = sorted(set(outcomes) - set(SHORTCUT_OUTCOMES))
+    if bad:
+        raise ValueError(f"unknown outcome(s) {bad}; valid: {', '.join(SHORTCUT_OUTCOMES)}")
+    n = {k: list(outcomes).count(k) for k in SHORTCUT_OUTCOMES}
+    source = n["kept"] + n["moved"] + n["removed"]
+    if source == 0:
+        return MITIGATION_VERDICTS[3]
+    if 2 * n["kept"] >= source:
+        return "keeps"
+    return "moves" if 2 * (n["moved"] + n["new"]) >= source else "removes"
+
+
+def mitigation_claim(verdict: str, n_after: int, n_after_control: int) -> str:
+    """"The method removes frequency shortcuts", judged against a control retrained without it.
+
+    ``n_after`` and ``n_after_control`` count the classes with a shortcut after retraining
+    (kept, moved or new) for the method and for the control. "holds" when the method's
+    verdict is "removes" and it leaves fewer shortcut classes than the control; "partly" when
+    only one of the two is true; "does not hold" when neither is (including "nothing to
+    remove").
+
+    >>> mitigation_claim("removes", 1, 3), mitigation_claim("moves", 1, 3), mitigation_claim("moves", 3, 3)
+    ('holds', 'partly', 'does not hold')
+    """
+    if verdict not in MITIGATION_VERDICTS:
+        raise ValueError(f"unknown verdict {verdict!r}; valid: {', '.join(MITIGATION_VERDICTS)}")
+    hits = (verdict == "removes") + (int(n_after) < int(n_after_control))
+    return VERDICTS[2 - hits]
 
 
 def _show(v: Any) -> str:
@@ -231,8 +298,8 @@ def differences(cfg: TrainConfig, *, skip: Sequence[str] = TRACKING_FIELDS, pref
     >>> differences(TrainConfig(width=0.5))[["setting", "ours", "paper"]].values.tolist()
     [['width', '0.5', '1.0']]
     """
-    paper = TrainConfig(dataset=cfg.dataset, model=cfg.model).to_dict()
-    rows = [(prefix + k, _show(v), _show(paper[k]), why) for k, v in recipes.describe(cfg).items() if k not in skip]
+    paper = TrainConfig(dataset=cfg.dataset, model=cfg.model)
+    rows = [(prefix + k, _show(v), _show(getattr(paper, k)), why) for k, v in recipes.describe(cfg).items() if k not in skip]
     return pd.DataFrame(rows, columns=["setting", "ours", "paper", "why"])
 
 

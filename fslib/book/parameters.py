@@ -215,6 +215,7 @@ DOMAINS: dict[str | tuple[str, str], Domain] = {
     "baseline": Domain(), "cross_sources": Domain(nonempty=True),
     "device": Domain(check=_device),
     "normalize": Domain(), "imagenet_sct": Domain(),
+    "band_n": CIFAR_TEST,
 }
 
 
