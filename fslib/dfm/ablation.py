@@ -166,7 +166,8 @@ def ablation_loss(
         Show a tqdm bar over the units.
     checkpoint : path or None
         ``.npz`` file for partial sums. Saved atomically at most every ``checkpoint_every``
-        seconds and at the end; resumed when present. It records a fingerprint of the model
+        seconds, at the end, and when the loop is interrupted (Ctrl-C or an error: every
+        finished unit is kept); resumed when present. It records a fingerprint of the model
         parameters, images, labels, ``num_classes``, ``patch_size`` and dtype; a checkpoint
         made with anything different raises ``ValueError`` naming what differs.
     checkpoint_every : float
@@ -219,29 +220,40 @@ def ablation_loss(
     last_save = time.monotonic()
     unit_name = "pair" if patch_size == 1 else "block"
     bar = tqdm(total=n_units, initial=n_units - len(todo), disable=not progress, desc="ablation", unit=unit_name)
-    with eval_mode(model, cpu_channels_last=True), torch.inference_mode():
-        for chunk in todo.split(k) if len(todo) else ():
-            pos = units.positions[chunk].to(dev)
-            wts = units.weights[chunk].to(dev)
-            basis = _sinusoid_basis(units.positions[chunk], h, w, images.dtype, dev)  # (K, 2M, HW)
-            for start, stop in groups:
-                x = images[start:stop].to(dev)
-                spec = spectra_cache.get(start)
-                if spec is None:
-                    spec = fft_centred(x).reshape(stop - start, c, h * w)
-                    if cache_spectra:
-                        spectra_cache[start] = spec
-                comp = _removed_components(spec, pos, wts, basis)  # (K, G, C, HW)
-                inputs = (x[None] - comp.reshape(len(chunk), stop - start, c, h, w)).reshape(-1, c, h, w)
-                lab = labels[start:stop].to(dev)
-                loss = F.cross_entropy(model(inputs), lab.repeat(len(chunk)), reduction="none")
-                sums[chunk] += loss.double().cpu().reshape(len(chunk), -1) @ onehot[start:stop]
-            done[chunk] = True
-            bar.update(len(chunk))
-            if ckpt is not None and time.monotonic() - last_save >= checkpoint_every:
-                save()
-                last_save = time.monotonic()
-    bar.close()
+    finished = 0
+    try:
+        with eval_mode(model, cpu_channels_last=True), torch.inference_mode():
+            for chunk in todo.split(k) if len(todo) else ():
+                pos = units.positions[chunk].to(dev)
+                wts = units.weights[chunk].to(dev)
+                basis = _sinusoid_basis(units.positions[chunk], h, w, images.dtype, dev)  # (K, 2M, HW)
+                part = torch.zeros(len(chunk), num_classes, dtype=torch.float64)
+                for start, stop in groups:
+                    x = images[start:stop].to(dev)
+                    spec = spectra_cache.get(start)
+                    if spec is None:
+                        spec = fft_centred(x).reshape(stop - start, c, h * w)
+                        if cache_spectra:
+                            spectra_cache[start] = spec
+                    comp = _removed_components(spec, pos, wts, basis)  # (K, G, C, HW)
+                    inputs = (x[None] - comp.reshape(len(chunk), stop - start, c, h, w)).reshape(-1, c, h, w)
+                    lab = labels[start:stop].to(dev)
+                    loss = F.cross_entropy(model(inputs), lab.repeat(len(chunk)), reduction="none")
+                    part += loss.double().cpu().reshape(len(chunk), -1) @ onehot[start:stop]
+                # a chunk's sums count only once all its images are in, so a save at any moment is consistent
+                sums[chunk] += part
+                done[chunk] = True
+                finished += len(chunk)
+                bar.update(len(chunk))
+                if ckpt is not None and time.monotonic() - last_save >= checkpoint_every:
+                    save()
+                    last_save = time.monotonic()
+    except BaseException:  # an interruption (Ctrl-C) or a crash keeps every finished unit for the resume
+        if finished:
+            save()
+        raise
+    finally:
+        bar.close()
     if len(todo):
         save()
     means = (sums / counts).T  # (num_classes, U)
