@@ -18,7 +18,8 @@ Nothing else: a missing or corrupt source raises :class:`DatasetNotFound` or
 
 Modules: :mod:`~fslib.data.registry` (what datasets exist), :mod:`~fslib.data.sources`
 (where their files come from), :mod:`~fslib.data.layouts` (how the files are laid out) and
-:mod:`~fslib.data.cache` (the prepared arrays).
+:mod:`~fslib.data.cache` (the prepared arrays); :mod:`~fslib.data.folder` reads a user's own
+ImageFolder (:func:`load_folder`) and writes one (:func:`write_folder`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,15 @@ from fslib.data.registry import (
     _options,
     _spec,
 )
+from fslib.data.folder import (
+    IMAGE_EXTENSIONS,
+    BadImages,
+    FolderListing,
+    load_folder,
+    read_image,
+    scan_folder,
+    write_folder,
+)
 from fslib.data.sources import _open_source
 from fslib.images import ArchiveCorrupt, DataError, DatasetNotFound, LabeledImages
 from fslib.paths import data_root
@@ -48,6 +58,7 @@ __all__ = [
     "DATASETS", "EXPECTED_SHA256", "IMAGE_RESOLUTIONS", "RESIZE", "CUE_SUBFOLDERS", "PREP_VERSION", "DatasetSpec",
     "LabeledImages", "DataError", "DatasetNotFound", "ArchiveCorrupt",
     "load", "prepare", "status", "format_status", "balanced_subset",
+    "IMAGE_EXTENSIONS", "BadImages", "FolderListing", "scan_folder", "load_folder", "read_image", "write_folder",
 ]
 
 
