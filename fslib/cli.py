@@ -1,4 +1,4 @@
-"""Command line: ``python -m fslib run|build|profiles|data``.
+"""Command line: ``python -m fslib run|build|profiles|data|shortcuts``.
 
 Bad input (an unknown profile, chapter, parameter or dataset) fails at once with a message
 listing the valid names and exit status 2, before anything executes.
@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from fslib import book, data
+from fslib.shortcuts import command as shortcuts_command
 
 USAGE_ERROR = 2
 
@@ -40,11 +41,18 @@ def _parser() -> argparse.ArgumentParser:
     prep = dsub.add_parser("prepare", help="decode a dataset once into the cache")
     prep.add_argument("name")
     prep.add_argument("--resolution", type=int, default=None)
+
+    shortcuts_command.add_arguments(sub.add_parser(
+        "shortcuts", help="frequency shortcuts of your own model on an image folder",
+        description="Rank Dominant Frequency Maps of any classifier on some images of DATA, test them on others, "
+                    "and write DFMs, a TPR/FPR table, figures and a report to --out."))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "shortcuts":
+        return shortcuts_command.run(args)
     try:
         if args.command == "run":
             overrides = book.parse_assignments(args.parameter)
