@@ -39,7 +39,12 @@ def counting_subject():
 @pytest.mark.parametrize("h,w,p", [(32, 32, 1), (224, 224, 16), (9, 7, 2)])
 def test_exact_cost_is_units_times_images(h, w, p):
     c = dfm.method_cost(dfm.DFMConfig(patch_size=p), (3, h, w), 7, 10)
-    assert c.forwards == 7 * len(dfm.ablation_units(h, w, p))
+    assert c.forwards == 7 * len(dfm.ablation_units(h, w, p)) and c.seconds == 0.0  # no probe: nothing timed
+
+
+def test_exact_cost_times_the_removal_it_adds_to_the_forwards():
+    c = dfm.method_cost(dfm.DFMConfig(patch_size=4), (3, 16, 16), 5, 3, device="cpu", probe=True)
+    assert c.forwards == 5 * len(dfm.ablation_units(16, 16, 4)) and c.seconds > 0
 
 
 def test_estimate_counts_exactly_the_forwards_the_protocol_runs():
@@ -58,7 +63,10 @@ def test_estimate_counts_exactly_the_forwards_the_protocol_runs():
     dfm.shortcut_test_sweep(subject, images[score], labels[score], saved.dfms, config=config, device="cpu",
                             progress=False)
     assert counter.images == sum(s.forwards for s in tests)
-    assert est.total_seconds == pytest.approx(sum(s.forwards for s in est.stages) * est.seconds_per_forward)
+    spf = est.seconds_per_forward
+    assert all(s.seconds == pytest.approx(s.forwards * spf) for s in tests)
+    assert ranking.seconds > ranking.forwards * spf  # the exact ranking adds its timed removal of sinusoids
+    assert est.total_seconds == pytest.approx(sum(s.seconds for s in est.stages))
     # everything is cached now: the estimate says so and costs nothing
     again = cost.estimate(subject, images, labels, n_rank=8, n_score=12, config=config, device="cpu", probe=False)
     assert [s.status for s in again.stages] == ["cached"] * 3 and again.total_seconds == 0
@@ -88,7 +96,7 @@ def test_a_registered_method_brings_its_cost_and_one_without_says_so(monkeypatch
     def rank(*a, **k):
         raise AssertionError("not run by an estimate")
 
-    dfm.methods.register_method("cheap", rank, estimate=lambda cfg, shape, n, c: dfm.Cost(3 * n, f"3 x {n}"))
+    dfm.methods.register_method("cheap", rank, estimate=lambda cfg, shape, n, c, **kw: dfm.Cost(3 * n, f"3 x {n}"))
     dfm.methods.register_method("mystery", rank)
     subject = probe_subject()
     images, labels = uint8_set(seed=3)

@@ -236,7 +236,8 @@ def test_saving_is_all_or_nothing(tmp_path, monkeypatch):
     ("num-classes", "--num-classes 5, but .* has 3 classes"), ("truncated", "cannot be read: .*cat/0.png"),
     ("weights", r"do not fit the architecture .*fc.weight \(5, 24\) vs \(3, 24\)"), ("norm", "has 3 numbers"),
     ("model", "did you mean resnet18"), ("timm", "pip install"), ("size", r"cannot take 3x20x20 images \(--size 20\)"),
-    ("dataset", "did you mean cifar10"), ("n-rank", "the smallest class has 8"), ("out", "exists; .* --overwrite"),
+    ("dataset", "did you mean cifar10"), ("n-rank", "the smallest class has 8"), ("n-score", "--n-score 2: every class needs"),
+    ("out", "exists; .* --overwrite"),
     ("no-out", "--out DIR is required"), ("patch", "patch_size must be a positive int")])
 def test_bad_input_is_named_with_exit_status_2(user, capsys, monkeypatch, case, why):
     a = args(user, "--dry-run")
@@ -276,6 +277,8 @@ def test_bad_input_is_named_with_exit_status_2(user, capsys, monkeypatch, case, 
         a[1] = "cifar1"
     elif case == "n-rank":
         a += ["--n-rank", "30"]
+    elif case == "n-score":
+        a += ["--n-rank", "3", "--n-score", "2"]
     elif case == "out":
         (user / "out").mkdir()
         a.remove("--dry-run")
@@ -415,3 +418,18 @@ def test_the_readme_snippet_runs(tmp_path, monkeypatch):
     scope = {"tiny_model": tiny_model}
     exec(compile(snippet, "README.md", "exec"), scope)
     assert isinstance(scope["result"], shortcuts.ShortcutResult) and (tmp_path / "my_results" / "report.html").exists()
+
+
+@pytest.mark.slow
+def test_many_classes_wrap_the_map_grids(tmp_path, monkeypatch):
+    monkeypatch.setenv("FSLIB_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                torch.nn.Linear(4, 13))
+    images = torch.randint(0, 256, (26, 3, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    result = shortcuts.analyse(model, images, torch.arange(26) % 13, mean=(0.5,) * 3, std=(0.25,) * 3, n_rank=13,
+                               n_score=13, config=dfm.DFMConfig(n_null=2, n_boot=10), device="cpu", progress=False)
+    out = result.save(tmp_path / "res")
+    with Image.open(out / "figures" / "dfm_grid.png") as grid:
+        assert grid.size[1] > 0.2 * grid.size[0]  # two rows of ten panels, not one row of thirteen
+    assert list(result.table["name"]) == [str(i) for i in range(13)]

@@ -37,6 +37,7 @@ from fslib.inference import Classifier
 from fslib.paths import cache_root
 from fslib.shortcuts.analysis import analyse, estimate
 from fslib.shortcuts.loading import (
+    NAMED_NORMALIZATIONS,
     InputError,
     _close,
     build_model,
@@ -65,7 +66,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """The command's options on ``p``."""
     methods = sorted(dfm.METHODS)
     p.add_argument("data", metavar="DATA", help="an image folder (DATA/<class>/<image>, optionally under train/ val/ "
-                   f"test/) or a dataset the book knows ({', '.join(data.DATASETS)})")
+                   f"test/), or when no such folder exists a dataset the book knows ({', '.join(data.DATASETS)})")
     g = p.add_argument_group("model")
     g.add_argument("--model", required=True, metavar="SPEC",
                    help="torchvision:NAME, timm:NAME (pip install 'fslib[models]') or path/to/file.py:FACTORY")
@@ -140,9 +141,10 @@ def _counts_default(args, counts: list[int], num_classes: int) -> tuple[int, int
     else:
         n_score = args.n_score if args.n_score is not None else min(SCORE_PER_CLASS, smallest - math.ceil(
             n_rank / num_classes)) * num_classes
-    for name, n in (("--n-rank", n_rank), ("--n-score", n_score)):
-        if n < (1 if name == "--n-rank" or not args.same_images else 0) or n < 0:
-            raise InputError(f"{name} {n}: need at least one image (the smallest class has {smallest})")
+    if n_rank < num_classes or (not args.same_images and n_score < num_classes):
+        name, n = ("--n-rank", n_rank) if n_rank < num_classes else ("--n-score", n_score)
+        raise InputError(f"{name} {n}: every class needs at least one image, so at least {num_classes} "
+                         f"(the number of classes; the smallest class has {smallest} images)")
     need = math.ceil(n_rank / num_classes) + math.ceil(n_score / num_classes)
     if need > smallest:
         raise InputError(f"--n-rank {n_rank} and --n-score {n_score} need up to {need} images per class, but the "
@@ -193,6 +195,9 @@ def prepare(args) -> Prepared:
     weights = load_weights(model, args.weights) if args.weights else None
     probe_model(model, size, classes)
     default_norm = "imagenet" if listing is not None else args.data
+    if args.normalize is None and default_norm not in NAMED_NORMALIZATIONS:
+        raise InputError(f"the book has no normalisation statistics for {args.data!r}: give --normalize (a name: "
+                         f"{', '.join(NAMED_NORMALIZATIONS)}; or M,S; or M1,M2,M3,S1,S2,S3)")
     mean, std = parse_normalization(args.normalize or default_norm)
     n_rank, n_score = _counts_default(args, counts, len(classes))
     options = {}
@@ -217,7 +222,8 @@ def prepare(args) -> Prepared:
     lines = [f"  data     {where}: {len(classes)} classes, {sum(counts):,} images found"
              + (f", {len(imgs)} read" if listing is not None else ""),
              f"  model    {spec}: {len(classes)} outputs, {n_params:,} parameters; "
-             + (f"weights {weights['file']} (sha256 {weights['sha256'][:12]})" if weights else "weights as built (untrained)"),
+             + (f"weights {weights['file']} (sha256 {weights['sha256'][:12]})" if weights
+                else "no --weights: the architecture's random initial weights"),
              f"  input    3x{size}x{size}" + (f" ({args.resize})" if listing is not None else "")
              + f", mean {mean}, std {std}",
              f"  images   {n_rank} ranking + " + ("the same images (--same-images: inflates the TPR)" if args.same_images
