@@ -8,7 +8,7 @@ for what is already done (finished DFMs, a partial checkpoint, finished test tab
 turns forward passes into seconds with a timed probe of the model
 (:func:`seconds_per_forward`), plus what the method measures it spends besides them (the
 exact ranking times its removal of each unit's sinusoids, which dominates at large patch
-sizes: about three quarters of the time at 224 px with 16 x 16 blocks).
+sizes: about two thirds of the ranking time at 224 px with 16 x 16 blocks).
 """
 
 from __future__ import annotations
