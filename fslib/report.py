@@ -6,7 +6,8 @@ verdict live here, each stated in its docstring, so a chapter never invents its 
 
 * :func:`count_verdict`: "holds" when a property holds in every case, "partly" in some,
   "does not hold" in none (claims 1a, 1b, 1c, 5);
-* :func:`shortcut_verdict`: claim 3, from a shortcut-test table;
+* :func:`shortcut_verdict`: claim 3, from a shortcut-test table; :func:`class_verdicts`:
+  the same rule read class by class;
 * :func:`transfer_verdict`: claim 4, from the transfer of shortcuts to OOD images;
 * :func:`spread_verdict`, :func:`roles_verdict` (:func:`shallow_fraction`), :func:`layerwise_mitigation_verdict`: Tsoy and
   Konstantinov's claims on where a shortcut lives (chapter 9);
@@ -93,6 +94,27 @@ def gated_verdict(verdict: str, met: bool, precondition: str) -> str:
     if verdict not in VERDICTS:
         raise ValueError(f"unknown verdict {verdict!r}; valid: {', '.join(VERDICTS)}")
     return verdict if met else f"{NOT_JUDGED}: its precondition failed ({precondition})"
+
+
+CLASS_VERDICTS = ("strong shortcut", "beats the null", "no shortcut")
+"""A class's reading of the shortcut test (:func:`class_verdicts`), strongest first."""
+
+
+def class_verdicts(table: pd.DataFrame, paper_tpr: float = 0.6, max_fpr: float = 0.1) -> pd.Series:
+    """Each class's reading of the shortcut test, by the rule of :func:`shortcut_verdict`.
+
+    "strong shortcut": beats the null, ``TPR >= paper_tpr`` and ``FPR <= max_fpr``;
+    "beats the null": TPR above the null's 95th percentile but not strong; "no shortcut":
+    otherwise.
+
+    >>> t = pd.DataFrame({"tpr": [0.9, 0.7, 0.2], "fpr": [0.05, 0.3, 0.0], "shortcut": [True, True, False]})
+    >>> class_verdicts(t).tolist()
+    ['strong shortcut', 'beats the null', 'no shortcut']
+    """
+    _, strong = shortcut_verdict(table, paper_tpr, max_fpr)
+    beats = table["shortcut"].astype(bool)
+    return pd.Series([CLASS_VERDICTS[0] if s else CLASS_VERDICTS[1] if b else CLASS_VERDICTS[2]
+                      for s, b in zip(strong, beats)], index=table.index, name="verdict")
 
 
 def transfer_verdict(transfer: Sequence[bool], ood_acc: Sequence[float]) -> str:
