@@ -156,6 +156,8 @@ def load(name: str, split: str | None = None, *, n: int | None = None, resolutio
     NotEnoughSpace
         The cache's disk has not enough room for the preparation (nothing is left behind).
 
+    Notes
+    -----
     A prepared cache is checked against the digests written with it; a damaged one is moved
     aside with an :class:`~fslib.artefacts.ArtefactWarning` naming the file and prepared again.
     """
