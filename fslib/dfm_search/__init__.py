@@ -1,0 +1,41 @@
+"""Finding frequency shortcuts fast: methods beside the exact ablation of :mod:`fslib.dfm`.
+
+Every method takes ``(model, images, labels, num_classes)`` (normalised float images, as
+:func:`fslib.dfm.ablation_loss`) and returns a :class:`SearchResult`: maps ``(C, H, W)``
+float64 where meaningful, DFMs ``(C, H, W)`` bool and conjugate-symmetric, and a provenance
+record (method, settings, seconds, forward-equivalents per image).
+
+* :func:`first_order_dfms` / :func:`first_order_loss`: every removal estimated from one
+  backward pass per image (``"tangent"``) or one per logit (``"logit"``, exact softmax).
+* :func:`verified_dfms`: a screen, then the exact ablation of the top candidates only.
+* :func:`race_dfms`: exact ablation on growing image subsets with pruning (a verified search
+  whose screen is exact on a few images).
+* :func:`set_search`: per class, the mask of a given size that maximises ``TPR - FPR``.
+* :func:`hfss`: the hierarchical search of Wang et al. (CVPR 2025), defects fixed.
+* :func:`exact_top_units`, :func:`contains_exact_top`: when a verified DFM must be exact.
+"""
+
+from fslib.dfm_search.firstorder import first_order_dfms, first_order_loss
+from fslib.dfm_search.hfss import hfss, hfss_candidates
+from fslib.dfm_search.race import race_dfms
+from fslib.dfm_search.result import PassCounter, SearchResult, load_result, save_result
+from fslib.dfm_search.setsearch import set_search
+from fslib.dfm_search.subset import ablation_loss_subset
+from fslib.dfm_search.verified import contains_exact_top, exact_top_units, verified_dfms
+
+__all__ = [
+    "SearchResult",
+    "PassCounter",
+    "save_result",
+    "load_result",
+    "first_order_loss",
+    "first_order_dfms",
+    "ablation_loss_subset",
+    "verified_dfms",
+    "race_dfms",
+    "exact_top_units",
+    "contains_exact_top",
+    "set_search",
+    "hfss",
+    "hfss_candidates",
+]
