@@ -204,11 +204,13 @@ def dfm_search_unit_map(flags, patch_size, size):
     return units_to_map(flags.double(), dfm.ablation_units(size, size, patch_size))
 
 
-def test_race_values_are_exact_and_cost_less():
+@pytest.mark.parametrize("prefilter, control", [(1.0, False), (0.5, False), (1.0, True)])
+def test_race_values_are_exact_and_cost_less(prefilter, control):
     net = SmoothNet()
     x, y = data(n=60)
     exact = dfm.ablation_loss(net, x, y, 3, device="cpu", progress=False)
-    res = race_dfms(net, x, y, 3, top=0.1, schedule=((0.1, 6.0), (0.3, 3.0)), device="cpu", progress=False)
+    res = race_dfms(net, x, y, 3, top=0.1, schedule=((0.1, 6.0), (0.3, 3.0)), prefilter=prefilter, control=control,
+                    device="cpu", progress=False)
     ok = ~torch.isnan(res.maps)
     assert torch.allclose(res.maps[ok], exact[ok], atol=1e-12)
     held = contains_exact_top(res.extras["candidates"], exact, 0.1)

@@ -44,7 +44,8 @@ from fslib.dfm import _EvalMode, ablation_units, dominant_frequency_maps
 from fslib.dfm_search.result import PassCounter, SearchResult, check_fraction, check_inputs, check_model_gradient
 from fslib.spectral import fft_centred
 
-__all__ = ["ESTIMATORS", "position_products", "unit_sums", "first_order_loss", "first_order_dfms"]
+__all__ = ["ESTIMATORS", "position_products", "unit_sums", "first_order_loss", "first_order_unit_losses",
+           "first_order_dfms"]
 
 ESTIMATORS = ("tangent", "logit")
 
@@ -188,6 +189,48 @@ def first_order_loss(
     Tensor, shape (num_classes, H, W), float64, centred layout.
     """
     labels = check_inputs(images, labels, num_classes)
+    n, _, h, w = images.shape
+    units = ablation_units(h, w, patch_size)
+    sums = torch.zeros(num_classes, len(units), dtype=torch.float64)
+    for start, est in _estimates(model, images, labels, units, estimator, logits, steps, batch_size, device,
+                                 progress, counter):
+        sums.index_add_(0, labels[start : start + len(est)], est)
+    means = sums / torch.bincount(labels, minlength=num_classes).double()[:, None]
+    return means[:, units.owner.flatten()].reshape(num_classes, h, w)
+
+
+def first_order_unit_losses(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    *,
+    patch_size: int = 1,
+    estimator: str = "tangent",
+    logits: int | None = None,
+    steps: int = 1,
+    batch_size: int | None = None,
+    device: str | torch.device = "auto",
+    progress: bool = True,
+    counter: PassCounter | None = None,
+) -> torch.Tensor:
+    """Per-image estimated loss after removing each unit, float64 ``(N, U)``.
+
+    What :func:`first_order_loss` averages per class; units as :func:`fslib.dfm.ablation_units`.
+    Parameters as in :func:`first_order_loss`.
+    """
+    labels = check_inputs(images, labels, num_classes)
+    n, _, h, w = images.shape
+    units = ablation_units(h, w, patch_size)
+    out = torch.empty(n, len(units), dtype=torch.float64)
+    for start, est in _estimates(model, images, labels, units, estimator, logits, steps, batch_size, device,
+                                 progress, counter):
+        out[start : start + len(est)] = est
+    return out
+
+
+def _estimates(model, images, labels, units, estimator, logits, steps, batch_size, device, progress, counter):
+    """Yield ``(start, estimates (B, U) float64 on the CPU)`` batch by batch."""
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
@@ -195,23 +238,19 @@ def first_order_loss(
     if logits is not None and (isinstance(logits, bool) or not isinstance(logits, int) or logits < 1):
         raise ValueError(f"logits must be a positive int or None (all), got {logits!r}")
     n, c, h, w = images.shape
-    units = ablation_units(h, w, patch_size)
     dev = resolve_device(device)
     model.to(dev)
     bs = _auto_batch(c, h, w, batch_size)
     counter = counter if counter is not None else PassCounter(model)
-    sums = torch.zeros(num_classes, len(units), dtype=torch.float64)
     bar = tqdm(total=n, disable=not progress, desc=f"first-order ({estimator})", unit="img")
     with _EvalMode(model), _NoParamGrad(model), torch.enable_grad(), counter:
         for start in range(0, n, bs):
             x = images[start : start + bs].to(dev)
             y = labels[start : start + bs].to(dev)
             _, est = _estimate_batch(model, x, y, units, estimator, logits, steps, counter)
-            sums.index_add_(0, y.cpu(), est.cpu())
+            yield start, est.cpu()
             bar.update(len(x))
     bar.close()
-    means = sums / torch.bincount(labels, minlength=num_classes).double()[:, None]
-    return means[:, units.owner.flatten()].reshape(num_classes, h, w)
 
 
 def first_order_dfms(

@@ -14,8 +14,12 @@ its DFM equals the exact one whenever the survivors hold the exact top set
 Every live unit of a class is evaluated on the same images, so their partial sums compare
 like for like: an image on which every removal hurts lifts all units alike.
 
-An optional first-order prefilter (``prefilter < 1``) drops the screen's lowest units before
-the first round.
+Two optional uses of a first-order screen (:func:`fslib.dfm_search.firstorder.first_order_unit_losses`,
+one or a few backward passes per image): a prefilter (``prefilter < 1``) drops the screen's
+lowest units before the first round, and a control variate (``control=True``) ranks the live
+units between rounds by ``mean over all images of the estimate + mean over the seen images of
+(exact - estimate)``: where the estimate tracks the exact loss image by image, the residual
+varies less than the loss, so a few images rank better. Neither changes the final values.
 """
 
 from __future__ import annotations
@@ -29,9 +33,9 @@ from tqdm.auto import tqdm
 
 from fslib.device import resolve_device
 from fslib.dfm import _EvalMode, ablation_units
-from fslib.dfm_search.firstorder import ESTIMATORS, first_order_loss
+from fslib.dfm_search.firstorder import ESTIMATORS, first_order_unit_losses
 from fslib.dfm_search.result import PassCounter, SearchResult, check_fraction, check_inputs
-from fslib.dfm_search.subset import ablation_batch_size, map_to_units, unit_image_losses
+from fslib.dfm_search.subset import ablation_batch_size, unit_image_losses
 from fslib.dfm_search.verified import dfm_unit_count, dfms_from_partial
 from fslib.spectral import fft_centred
 
@@ -93,6 +97,7 @@ def race_dfms(
     patch_size: int = 1,
     schedule: Sequence[tuple[float, float]] = DEFAULT_SCHEDULE,
     prefilter: float = 1.0,
+    control: bool = False,
     screen: str = "logit",
     seed: int = 0,
     batch_size: int | None = None,
@@ -109,8 +114,10 @@ def race_dfms(
     schedule : sequence of ``(share, multiple)``: after the round that has seen ``share`` of a
         class's images, keep the ``multiple x dfm_unit_count`` best units
     prefilter : float in (0, 1], share of the units (by the first-order ``screen``) that enter
-        the race; 1 skips the screen
-    screen : ``"tangent"`` or ``"logit"``, the prefilter's estimator
+        the race; 1 keeps all
+    control : bool, rank between rounds with the screen as a control variate
+    screen : ``"tangent"`` or ``"logit"``, the first-order estimator of ``prefilter`` and
+        ``control`` (not computed when neither is used)
     seed : int, the order in which each class's images enter the race
 
     Returns
@@ -134,10 +141,13 @@ def race_dfms(
     counter = PassCounter(model)
     start = time.perf_counter()
     alive = torch.ones(num_classes, len(units), dtype=torch.bool)
+    fo = None
+    if prefilter < 1 or control:
+        fo = first_order_unit_losses(model, images, labels, num_classes, patch_size=patch_size, estimator=screen,
+                                     batch_size=batch_size, device=device, progress=progress, counter=counter)
     if prefilter < 1:
-        smap = first_order_loss(model, images, labels, num_classes, patch_size=patch_size, estimator=screen,
-                                batch_size=batch_size, device=device, progress=progress, counter=counter)
-        scores = map_to_units(smap, units)
+        onehot = torch.nn.functional.one_hot(labels, num_classes).double()
+        scores = (onehot.T @ fo) / onehot.sum(0)[:, None]  # (C, U) class means of the estimate
         keep = max(1, math.ceil(prefilter * len(units)))
         order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :keep]
         alive = torch.zeros_like(alive).scatter(1, order, True)
@@ -151,6 +161,7 @@ def race_dfms(
             spectra = fft_centred(images[idx]).reshape(len(idx), c, h * w)
             ids = alive[k].nonzero().flatten()
             sums = torch.zeros(len(ids), dtype=torch.float64)
+            fo_k = fo[idx][:, ids] if control else None  # (n_c, live units), image order of the race
             prev = 0
             for end, (_, mult) in zip(_round_ends(len(idx), sched) + [len(idx)], sched + [(1.0, 0.0)]):
                 if end > prev:
@@ -160,9 +171,13 @@ def race_dfms(
                     prev = end
                 if end < len(idx):  # prune: same images for every live unit, so sums compare
                     keep = min(len(ids), math.ceil(mult * n_dfm))
-                    order = torch.sort(sums, descending=True, stable=True).indices[:keep]
+                    rank = sums / end
+                    if control:
+                        rank = fo_k.mean(0) + rank - fo_k[:end].mean(0)
+                    order = torch.sort(rank, descending=True, stable=True).indices[:keep]
                     order = order.sort().values
                     ids, sums = ids[order], sums[order]
+                    fo_k = fo_k[:, order] if control else None
             values[k, ids] = sums / len(idx)
             alive[k] = False
             alive[k, ids] = True
@@ -171,7 +186,8 @@ def race_dfms(
     maps, dfms = dfms_from_partial(values, units, top)
     seconds = time.perf_counter() - start
     settings = {"top": top, "patch_size": patch_size, "schedule": [list(s) for s in sched],
-                "prefilter": float(prefilter), "screen": screen if prefilter < 1 else None, "seed": seed}
+                "prefilter": float(prefilter), "control": bool(control),
+                "screen": screen if (prefilter < 1 or control) else None, "seed": seed}
     provenance = {"method": "race", "settings": settings, "seconds": seconds, "n_images": n, "units": len(units),
                   **counter.record(n)}
     return SearchResult(maps, dfms, provenance, {"candidates": alive})

@@ -1,0 +1,283 @@
+"""Fast frequency-shortcut search against the exact ablation, measured side by side in one run.
+
+Usage::
+
+    .venv/bin/python benchmarks/dfm_search.py              # 32 px and 224 px (trains the 224-px model once)
+    .venv/bin/python benchmarks/dfm_search.py --part 32    # only the CIFAR-10 part
+    .venv/bin/python benchmarks/dfm_search.py --quick      # small CI-friendly run (smoke model, few images)
+    .venv/bin/python benchmarks/dfm_search.py --out results.json
+
+Part 32 (the book's default CIFAR-10 ResNet18, ``runs.get_or_train(recipes.cifar10())``): the
+ranking and scoring images come from :func:`fslib.dfm.rank_score_split` of the test set. The
+exact ablation (:func:`fslib.dfm.ablation_loss`) runs first; then every method of
+:mod:`fslib.dfm_search` on the same images and threads. Printed per method: cost in
+forward-equivalents per image (counted by a hook; a backward pass counts as two) and its
+ratio to the exact one, wall and CPU seconds and their ratios (the machine is shared: CPU
+seconds are less sensitive to other processes), per-class Spearman correlation of the unit
+values with the exact maps (where a method has values for every unit) and top-5 % IoU of the
+DFMs with the exact DFMs (median and min over classes), for verified methods the share of
+classes whose candidates hold the exact top set, and the shortcut test of the DFMs on the
+held-out scoring images (:func:`fslib.dfm.evaluate_dfms`): mean TPR, mean FPR, classes
+beating the random same-profile null (``shortcut``) and strong ones (also TPR >= 0.6 and
+FPR <= 0.1). Targets: a verified method with median IoU >= 0.9 at <= 1/4 of the exact cost.
+
+Part 224 (``benchmarks/imagenette224_model.py``: a narrow ImageNet-style ResNet18 trained on
+Imagenette at 224 px): verified DFMs ranked on 500 validation images (50 per class), timed,
+against the exact ablation's time extrapolated from timed ablation batches of the same
+model, images and unit size; DFMs scored on other validation images. Target: <= 10 minutes on
+2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from fslib import data, dfm, recipes, runs  # noqa: E402
+from fslib.dfm_search import (  # noqa: E402
+    PassCounter,
+    SearchResult,
+    contains_exact_top,
+    first_order_dfms,
+    hfss,
+    race_dfms,
+    set_search,
+    verified_dfms,
+)
+from fslib.dfm_search.subset import ablation_batch_size, map_to_units, unit_image_losses  # noqa: E402
+from fslib.dfm_search.verified import dfm_unit_count  # noqa: E402
+from fslib.io import write_json  # noqa: E402
+
+TOP = 0.05
+
+
+# --------------------------------------------------------------------------- measuring
+def timed(fn):
+    """Run ``fn()``; return (result, wall seconds, CPU seconds of this process)."""
+    w0, c0 = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - w0, time.process_time() - c0
+
+
+def exact_result(model, x, y, num_classes, patch_size=1, progress=False) -> SearchResult:
+    counter = PassCounter(model)
+    with counter:
+        maps = dfm.ablation_loss(model, x, y, num_classes, patch_size=patch_size, device="cpu", progress=progress)
+    return SearchResult(maps, dfm.dominant_frequency_maps(maps, TOP),
+                        {"method": "exact", "settings": {"patch_size": patch_size}, **counter.record(len(y))})
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    ok = np.isfinite(a) & np.isfinite(b)
+    return float(pd.Series(a[ok]).corr(pd.Series(b[ok]), method="spearman"))
+
+
+def agreement(res: SearchResult, exact: SearchResult, units, patch_size: int) -> dict:
+    """Spearman (unit values, where the method has all of them) and IoU with the exact DFMs."""
+    out = {}
+    if res.maps is not None and not torch.isnan(res.maps).any():
+        ev, rv = map_to_units(exact.maps, units).numpy(), map_to_units(res.maps, units).numpy()
+        sp = np.array([spearman(rv[k], ev[k]) for k in range(len(ev))])
+        out.update(spearman_median=float(np.median(sp)), spearman_min=float(sp.min()))
+    iou = dfm.iou(res.dfms, exact.dfms).numpy()
+    out.update(iou_median=float(np.median(iou)), iou_min=float(iou.min()), iou=iou.tolist())
+    if "candidates" in res.extras:
+        held = contains_exact_top(res.extras["candidates"], exact.maps, TOP, patch_size)
+        out["contains_top"] = float(held.double().mean())
+    return out
+
+
+def shortcut_summary(model, x, y, dfms, n_null: int, seed: int = 0) -> dict:
+    table = dfm.evaluate_dfms(model, x, y, dfms, device="cpu", n_boot=0, n_null=n_null, seed=seed, progress=False)
+    strong = table["shortcut"] & (table["tpr"] >= 0.6) & (table["fpr"] <= 0.1)
+    return {"tpr_mean": float(table["tpr"].mean()), "fpr_mean": float(table["fpr"].mean()),
+            "fpr_max": float(table["fpr"].max()), "n_shortcut": int(table["shortcut"].sum()),
+            "n_strong": int(strong.sum()), "null_tpr_mean": float(table["null_tpr_mean"].mean()),
+            "tpr": table["tpr"].round(3).tolist(), "fpr": table["fpr"].round(3).tolist()}
+
+
+def fmt(v, spec=".2f", none="-"):
+    return none if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+
+
+def print_table(rows: list[dict]) -> None:
+    head = (f"{'method':34s} {'fwd-eq/img':>10s} {'x exact':>8s} {'wall s':>7s} {'x exact':>8s} {'cpu s':>7s} "
+            f"{'x exact':>8s} {'Spearman':>12s} {'IoU':>11s} {'top held':>8s} {'TPR':>5s} {'FPR':>5s} "
+            f"{'short.':>6s} {'strong':>6s}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        sp = f"{fmt(r.get('spearman_median'))} ({fmt(r.get('spearman_min'))})" if "spearman_median" in r else "-"
+        io = f"{fmt(r.get('iou_median'))} ({fmt(r.get('iou_min'))})" if "iou_median" in r else "-"
+        print(f"{r['method']:34s} {r['fwd_eq']:10.1f} {r['cost_ratio']:8.3f} {r['wall']:7.1f} {r['wall_ratio']:8.3f} "
+              f"{r['cpu']:7.1f} {r['cpu_ratio']:8.3f} {sp:>12s} {io:>11s} {fmt(r.get('contains_top')):>8s} "
+              f"{fmt(r.get('tpr_mean')):>5s} {fmt(r.get('fpr_mean')):>5s} {r.get('n_shortcut', '-'):>6} "
+              f"{r.get('n_strong', '-'):>6}")
+
+
+# --------------------------------------------------------------------------- part 32
+def methods_32(args) -> dict:
+    """name -> callable(model, x, y, C) returning a SearchResult."""
+    kw = dict(top=TOP, device="cpu", progress=False)
+    m = {
+        "first-order tangent": lambda *a: first_order_dfms(*a, **kw),
+        "first-order logit": lambda *a: first_order_dfms(*a, estimator="logit", **kw),
+        "first-order tangent, 4 steps": lambda *a: first_order_dfms(*a, steps=4, **kw),
+        "verified (logit screen, 4x)": lambda *a: verified_dfms(*a, screen="logit", candidates=4.0, **kw),
+        "race (default schedule)": lambda *a: race_dfms(*a, **kw),
+        "set search (TPR - FPR)": lambda *a: set_search(*a, rounds=args.set_rounds, **kw),
+        "HFSS (fixed, auto portion)": lambda *a: hfss(*a, n_candidates=args.hfss_candidates, **kw),
+    }
+    return {k: v for k, v in m.items() if not args.methods or any(s in k for s in args.methods)}
+
+
+def part_32(args) -> dict:
+    cfg = recipes.cifar10(scale="smoke" if args.quick else "default")
+    run = runs.get_or_train(cfg, device="cpu")
+    test = data.load("cifar10", "test", progress=False)
+    rank, score = dfm.rank_score_split(test.labels, args.n_rank, args.n_score, args.seed)
+    model = run.model.cpu()
+    x, y = run.normalize(test.images[rank]), test.labels[rank]
+    xs, ys = run.normalize(test.images[score]), test.labels[score]
+    c = 10
+    units = dfm.ablation_units(32, 32)
+    print(f"\n== 32 px: {Path(run.path).name} (test accuracy {run.metrics['test_acc']:.3f}); "
+          f"{len(y)} ranking and {len(ys)} scoring test images; {torch.get_num_threads()} threads ==")
+    exact, w_ex, c_ex = timed(lambda: exact_result(model, x, y, c))
+    rows = []
+
+    def add(name, res, wall, cpu):
+        row = {"method": name, "fwd_eq": res.provenance["forward_equivalents"],
+               "cost_ratio": res.provenance["forward_equivalents"] / exact.provenance["forward_equivalents"],
+               "wall": wall, "wall_ratio": wall / w_ex, "cpu": cpu, "cpu_ratio": cpu / c_ex,
+               "settings": res.provenance.get("settings")}
+        if name != "exact":
+            row.update(agreement(res, exact, units, 1))
+        row.update(shortcut_summary(model, xs, ys, res.dfms, args.n_null, args.seed))
+        rows.append(row)
+        print(f"  {name}: {wall:.1f} s", flush=True)
+
+    add("exact", exact, w_ex, c_ex)
+    for name, fn in methods_32(args).items():
+        res, wall, cpu = timed(lambda: fn(model, x, y, c))
+        add(name, res, wall, cpu)
+    print()
+    print_table(rows)
+    return {"model": Path(run.path).name, "test_acc": run.metrics["test_acc"], "n_rank": len(y),
+            "n_score": len(ys), "rows": rows}
+
+
+# --------------------------------------------------------------------------- part 224
+def ablation_rate(model, x, y, units, n_units: int, batch_size: int) -> float:
+    """Ablated images per second of the exact ablation's inner loop (one class's images)."""
+    dev = torch.device("cpu")
+    ids = torch.arange(min(n_units, len(units)))
+    with dfm._EvalMode(model):
+        unit_image_losses(model, x[:2], y[:2], units, ids[:1], batch_size, dev)  # warm-up
+        (_, wall, _) = timed(lambda: unit_image_losses(model, x, y, units, ids, batch_size, dev))
+    return len(ids) * len(y) / wall
+
+
+def part_224(args) -> dict:
+    from imagenette224_model import NarrowResNet18, get_model
+
+    if args.quick:  # timing only: an untrained model, no training in CI
+        torch.manual_seed(args.seed)
+        model, record = NarrowResNet18().eval(), {"test_acc": float("nan")}
+    else:
+        model, record = get_model(progress=not args.quiet)
+    test = data.load("imagenette", "test", resolution=224, progress=False)
+    rank, score = dfm.rank_score_split(test.labels, args.n_rank_224, args.n_score_224, args.seed)
+    x, y = normalize_224(test.images[rank]), test.labels[rank]
+    xs, ys = normalize_224(test.images[score]), test.labels[score]
+    p = args.patch_224
+    units = dfm.ablation_units(224, 224, p)
+    bs = ablation_batch_size(3, 224, 224, 4, torch.device("cpu"), None)
+    print(f"\n== 224 px: narrow ResNet18 on Imagenette (test accuracy {record['test_acc']:.3f}); {len(y)} ranking, "
+          f"{len(ys)} scoring validation images; patch {p}: {len(units)} units, DFM ~{dfm_unit_count(224, 224, p, TOP)} "
+          f"units per class; {torch.get_num_threads()} threads ==")
+    one = (y == 0).nonzero().flatten()[: args.rate_images]
+    rate = ablation_rate(model, x[one], y[one], units, args.rate_units, bs)
+    exact_s = len(units) * len(y) / rate
+    print(f"exact ablation: {rate:.0f} ablated images/s -> {len(units)} units x {len(y)} images = "
+          f"{exact_s / 3600:.1f} h extrapolated")
+    rows = []
+    kw = dict(top=TOP, patch_size=p, device="cpu", progress=not args.quiet)
+    todo = {"verified": lambda: verified_dfms(model, x, y, 10, screen=args.screen_224,
+                                              candidates=args.candidates_224, **kw)}
+    if args.race_224:
+        todo["race"] = lambda: race_dfms(model, x, y, 10, prefilter=args.prefilter_224, screen=args.screen_224, **kw)
+    for name, fn in todo.items():
+        res, wall, cpu = timed(fn)
+        row = {"method": f"{name} ({res.provenance['settings']})", "seconds": wall, "cpu": cpu,
+               "fwd_eq": res.provenance["forward_equivalents"], "exact_seconds_extrapolated": exact_s,
+               "speedup": exact_s / wall}
+        row.update(shortcut_summary(model, xs, ys, res.dfms, args.n_null_224, args.seed))
+        rows.append(row)
+        print(f"{row['method']}: {wall / 60:.1f} min ({row['fwd_eq']:.0f} fwd-eq/img), {row['speedup']:.0f}x faster "
+              f"than the exact ablation; shortcut test: mean TPR {row['tpr_mean']:.2f}, FPR {row['fpr_mean']:.2f}, "
+              f"{row['n_shortcut']} classes beat the null, {row['n_strong']} strong")
+    return {"test_acc": record["test_acc"], "patch_size": p, "units": len(units), "ablation_rate": rate,
+            "exact_seconds_extrapolated": exact_s, "rows": rows}
+
+
+def normalize_224(images: torch.Tensor) -> torch.Tensor:
+    from fslib import augment as aug
+    from fslib.constants import normalization
+
+    mean, std = normalization("imagenette")
+    return aug.normalize(images, mean, std)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--part", choices=["32", "224", "both"], default="both")
+    p.add_argument("--quick", action="store_true", help="smoke CIFAR model, few images, small searches")
+    p.add_argument("--n-rank", type=int, default=200, help="CIFAR-10 ranking images (20 per class)")
+    p.add_argument("--n-score", type=int, default=500, help="CIFAR-10 held-out scoring images")
+    p.add_argument("--n-null", type=int, default=20, help="random null masks per class in the shortcut test")
+    p.add_argument("--hfss-candidates", type=int, default=500, help="HFSS masks per stage (released: 500)")
+    p.add_argument("--set-rounds", type=int, default=3, help="set-search rounds per level")
+    p.add_argument("--methods", nargs="*", default=None, help="substrings of the 32-px methods to run")
+    p.add_argument("--n-rank-224", type=int, default=500)
+    p.add_argument("--n-score-224", type=int, default=300)
+    p.add_argument("--n-null-224", type=int, default=5)
+    p.add_argument("--patch-224", type=int, default=8, help="unit size at 224 px (paper: probably 2)")
+    p.add_argument("--screen-224", default="tangent")
+    p.add_argument("--candidates-224", type=float, default=3.0)
+    p.add_argument("--race-224", action="store_true")
+    p.add_argument("--prefilter-224", type=float, default=0.25)
+    p.add_argument("--rate-units", type=int, default=64, help="units timed for the exact extrapolation at 224 px")
+    p.add_argument("--rate-images", type=int, default=8, help="images timed for the exact extrapolation at 224 px")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--out", default=None, help="write every figure to this JSON file")
+    args = p.parse_args()
+    if args.quick:
+        args.n_rank, args.n_score, args.n_null, args.hfss_candidates, args.set_rounds = 50, 100, 5, 30, 1
+        args.n_rank_224, args.n_score_224, args.n_null_224, args.patch_224 = 20, 20, 2, 16
+        args.rate_units, args.rate_images = 8, 2
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    out = {"args": vars(args), "threads": torch.get_num_threads()}
+    if args.part in ("32", "both"):
+        out["32"] = part_32(args)
+    if args.part in ("224", "both"):
+        out["224"] = part_224(args)
+    if args.out:
+        write_json(args.out, out)
+
+
+if __name__ == "__main__":
+    main()
