@@ -332,6 +332,30 @@ def test_result_round_trip(tmp_path):
     assert back.provenance == res.provenance and set(back.extras) == set(res.extras)
 
 
+def test_run_search_caches_by_method_and_settings(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from fslib.dfm_search import run_search, search_cache_path
+
+    monkeypatch.setenv("FSLIB_CACHE", str(tmp_path))
+    net = SmoothNet().float()
+    run = SimpleNamespace(model=net, normalize=lambda im: im.float() / 255 - 0.5, path=tmp_path / "runs" / "tiny")
+    images = torch.randint(0, 256, (12, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(12) % 3
+    a = run_search(run, images, labels, "verified", top=0.2, candidates=2.0, device="cpu", progress=False)
+    calls = net.calls
+    again = run_search(run, images, labels, "verified", top=0.2, candidates=2.0, device="cpu", progress=False)
+    assert net.calls == calls and torch.equal(again.dfms, a.dfms)  # loaded, not recomputed
+    assert again.provenance["run"] == "tiny" and again.provenance["settings"]["candidates"] == 2.0
+    other = search_cache_path(run, images, labels, "verified", top=0.2, candidates=3.0)
+    assert other != search_cache_path(run, images, labels, "verified", top=0.2, candidates=2.0)
+    assert other != search_cache_path(run, images, labels, "race", top=0.2)
+    with pytest.raises(ValueError, match="unknown setting"):
+        run_search(run, images, labels, "verified", penalty=1.0)
+    with pytest.raises(ValueError, match="unknown method"):
+        run_search(run, images, labels, "magic")
+
+
 def test_costs_are_counted():
     net = SmoothNet()
     x, y = data(n=12)

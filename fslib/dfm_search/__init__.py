@@ -13,9 +13,11 @@ record (method, settings, seconds, forward-equivalents per image).
 * :func:`set_search`: per class, the mask of a given size that maximises ``TPR - FPR``.
 * :func:`hfss`: the hierarchical search of Wang et al. (CVPR 2025), defects fixed.
 * :func:`exact_top_units`, :func:`contains_exact_top`: when a verified DFM must be exact.
+* :func:`run_search`: any method on a trained run's raw images, cached by method and settings.
 """
 
-from fslib.dfm_search.firstorder import first_order_dfms, first_order_loss
+from fslib.dfm_search.cache import METHODS, run_search, search_cache_path
+from fslib.dfm_search.firstorder import first_order_dfms, first_order_loss, first_order_unit_losses
 from fslib.dfm_search.hfss import hfss, hfss_candidates
 from fslib.dfm_search.race import race_dfms
 from fslib.dfm_search.result import PassCounter, SearchResult, load_result, save_result
@@ -30,6 +32,7 @@ __all__ = [
     "load_result",
     "first_order_loss",
     "first_order_dfms",
+    "first_order_unit_losses",
     "ablation_loss_subset",
     "verified_dfms",
     "race_dfms",
@@ -38,4 +41,7 @@ __all__ = [
     "set_search",
     "hfss",
     "hfss_candidates",
+    "METHODS",
+    "run_search",
+    "search_cache_path",
 ]

@@ -166,9 +166,9 @@ def set_search(
 
     Returns
     -------
-    SearchResult: ``maps`` the seed maps, ``dfms`` the best masks; ``extras["objective"]``,
-    ``extras["tpr"]``, ``extras["fpr"]`` (C,) on the ranking images; provenance
-    ``method="set_search"``.
+    SearchResult: ``maps`` None, ``dfms`` the best masks; ``extras["objective"]``,
+    ``extras["tpr"]``, ``extras["fpr"]`` (C,) on the ranking images and ``extras["seed_maps"]``;
+    provenance ``method="set_search"``.
     """
     top = check_fraction(top)
     labels = check_inputs(images, labels, num_classes)
@@ -260,5 +260,5 @@ def set_search(
                 "proposals": proposals, "seed": seed, "seed_maps": "given" if given else screen}
     provenance = {"method": "set_search", "settings": settings, "seconds": seconds, "n_images": n,
                   **counter.record(n)}
-    extras = {"objective": best, "tpr": tpr, "fpr": fpr}
-    return SearchResult(smap, dfms, provenance, extras)
+    extras = {"objective": best, "tpr": tpr, "fpr": fpr, "seed_maps": smap}
+    return SearchResult(None, dfms, provenance, extras)
