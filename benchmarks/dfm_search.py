@@ -143,7 +143,12 @@ def methods_32(args) -> dict:
 
 def part_32(args) -> dict:
     cfg = recipes.cifar10(scale="smoke" if args.quick else "default")
-    run = runs.get_or_train(cfg, device="cpu")
+    run = runs.load_finished(cfg, device="cpu")
+    if run is None:
+        if runs.run_path(cfg).exists() and not args.train:
+            raise SystemExit(f"{runs.run_path(cfg)} exists but is not finished (another process may be training it); "
+                             f"wait for its DONE file or pass --train to resume it here")
+        run = runs.get_or_train(cfg, device="cpu")
     test = data.load("cifar10", "test", progress=False)
     rank, score = dfm.rank_score_split(test.labels, args.n_rank, args.n_score, args.seed)
     model = run.model.cpu()
@@ -262,10 +267,11 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--train", action="store_true", help="resume an unfinished CIFAR-10 run folder here")
     p.add_argument("--out", default=None, help="write every figure to this JSON file")
     args = p.parse_args()
     if args.quick:
-        args.n_rank, args.n_score, args.n_null, args.hfss_candidates, args.set_rounds = 50, 100, 5, 30, 1
+        args.n_rank, args.n_score, args.n_null, args.hfss_candidates, args.set_rounds = 20, 40, 2, 6, 1
         args.n_rank_224, args.n_score_224, args.n_null_224, args.patch_224 = 20, 20, 2, 16
         args.rate_units, args.rate_images = 8, 2
     torch.set_num_threads(args.threads)
