@@ -356,6 +356,35 @@ def test_run_search_caches_by_method_and_settings(tmp_path, monkeypatch):
         run_search(run, images, labels, "magic")
 
 
+def test_rank_function_adapts_to_a_ranking_registry():
+    """The adapter's verified ranking thresholds back to the verified DFM at its own size, and
+    ranks every verified unit above every unverified one."""
+    from types import SimpleNamespace
+    from typing import NamedTuple
+
+    from fslib.dfm_search.adapters import complete_scores, rank_function
+
+    class Ranking(NamedTuple):
+        scores: torch.Tensor
+        masks: dict
+        info: dict
+
+    net = SmoothNet()
+    x, y = data()
+    config = SimpleNamespace(top=0.2, patch_size=1, thresholds=(0.1, 0.2, 0.5), options=(("candidates", 2.0),))
+    out = rank_function("verified", Ranking)(net, x, y, 3, config, device="cpu", progress=False)
+    direct = verified_dfms(net, x, y, 3, top=0.2, candidates=2.0, device="cpu", progress=False)
+    assert torch.equal(out.masks[0.2], direct.dfms) and set(out.masks) == {0.1, 0.2, 0.5}
+    assert torch.isfinite(out.scores).all()
+    scores = complete_scores(direct)
+    known = torch.isfinite(direct.maps)
+    for k in range(3):
+        assert scores[k][known[k]].min() > scores[k][~known[k]].max()
+    config = SimpleNamespace(top=0.1, patch_size=1, thresholds=(0.1,), options={"rounds": 1, "proposals": 1})
+    ss = rank_function("set_search", Ranking)(net.float(), x.float(), y, 3, config, device="cpu", progress=False)
+    assert ss.masks[0.1].shape == (3, 8, 8)
+
+
 def test_costs_are_counted():
     net = SmoothNet()
     x, y = data(n=12)
