@@ -16,9 +16,10 @@ every pair that reaches that value the unit giving it is a candidate, so the ran
 ties and stopping point are the same. :func:`contains_exact_top` reports, where the full exact
 maps exist, for which classes this holds.
 
-Screens: ``"tangent"`` and ``"logit"`` (:mod:`fslib.dfm_search.firstorder`), ``"race"``
-(:mod:`fslib.dfm_search.race`: exact ablation on growing image subsets with pruning, which
-also verifies) or any ``(C, H, W)`` map given as ``screen_maps`` (higher = more important).
+Screens: ``"tangent"`` and ``"logit"`` (:mod:`fslib.dfm_search.firstorder`) or any
+``(C, H, W)`` map given as ``screen_maps`` (higher = more important), e.g. an exact ablation
+of coarse blocks. :func:`fslib.dfm_search.race.race_dfms` is a verified search whose screen is
+the exact ablation on a growing subset of the images.
 """
 
 from __future__ import annotations
