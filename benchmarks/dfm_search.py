@@ -31,8 +31,8 @@ model, images and unit size; DFMs scored on other validation images. Target: <= 
 from __future__ import annotations
 
 import argparse
-import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -209,8 +209,8 @@ def part_224(args) -> dict:
     units = dfm.ablation_units(224, 224, p)
     bs = ablation_batch_size(3, 224, 224, 4, torch.device("cpu"), None)
     print(f"\n== 224 px: narrow ResNet18 on Imagenette (test accuracy {record['test_acc']:.3f}); {len(y)} ranking, "
-          f"{len(ys)} scoring validation images; patch {p}: {len(units)} units, DFM ~{dfm_unit_count(224, 224, p, TOP)} "
-          f"units per class; {torch.get_num_threads()} threads ==")
+          f"{len(ys)} scoring validation images; patch {p}: {len(units)} units, "
+          f"DFM ~{dfm_unit_count(224, 224, p, TOP)} units per class; {torch.get_num_threads()} threads ==")
     one = (y == 0).nonzero().flatten()[: args.rate_images]
     rate = ablation_rate(model, x[one], y[one], units, args.rate_units, bs)
     exact_s = len(units) * len(y) / rate
@@ -284,11 +284,14 @@ def main() -> None:
         args.rate_units, args.rate_images = 8, 2
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    out = {"args": vars(args), "threads": torch.get_num_threads()}
+    out = {"args": vars(args), "threads": torch.get_num_threads(), "load_before": os.getloadavg()}
+    print(f"load average before: {out['load_before'][0]:.1f} (1 min) on {os.cpu_count()} CPUs")
     if args.part in ("32", "both"):
         out["32"] = part_32(args)
     if args.part in ("224", "both"):
         out["224"] = part_224(args)
+    out["load_after"] = os.getloadavg()
+    print(f"load average after: {out['load_after'][0]:.1f} (1 min)")
     if args.out:
         write_json(args.out, out)
 

@@ -26,7 +26,7 @@ from fslib.dfm_search import (
 )
 from fslib.dfm_search.result import load_result, save_result
 from fslib.dfm_search.subset import ablation_loss_subset, units_to_map
-from fslib.spectral import conjugate_index, conjugate_mirror
+from fslib.spectral import conjugate_mirror
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -49,7 +49,6 @@ released default is 0.8. The masks' sizes vary around that value; they are not e
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from pathlib import Path

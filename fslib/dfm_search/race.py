@@ -72,7 +72,8 @@ def _round_ends(n: int, schedule: list[tuple[float, float]]) -> list[int]:
     return ends
 
 
-def race_cost(n_per_class: int, n_units: int, dfm_units: int, schedule=DEFAULT_SCHEDULE, prefilter: float = 1.0) -> float:
+def race_cost(n_per_class: int, n_units: int, dfm_units: int, schedule=DEFAULT_SCHEDULE,
+              prefilter: float = 1.0) -> float:
     """Forward passes per image of :func:`race_dfms` for one class of ``n_per_class`` images
     (without the prefilter's screen), e.g. to size a schedule in advance."""
     sched = _check_schedule(schedule)
