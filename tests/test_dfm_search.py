@@ -218,6 +218,11 @@ def test_race_values_are_exact_and_cost_less(prefilter, control):
     for k in held.nonzero().flatten().tolist():
         assert torch.equal(res.dfms[k], truth[k])
     assert res.provenance["forward_equivalents"] < len(dfm.ablation_units(8, 8))
+    if prefilter == 1.0 and not control:  # the planned cost is the measured one
+        from fslib.dfm_search.race import race_cost
+
+        planned = race_cost(20, len(dfm.ablation_units(8, 8)), math.ceil(0.1 * 34), ((0.1, 6.0), (0.3, 3.0)))
+        assert res.provenance["forward_equivalents"] == pytest.approx(planned)
 
 
 def test_exact_top_units_covers_the_dfm():
