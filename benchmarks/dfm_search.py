@@ -54,6 +54,7 @@ from fslib.dfm_search import (  # noqa: E402
     set_search,
     verified_dfms,
 )
+from fslib.dfm_search._dfm import eval_mode  # noqa: E402
 from fslib.dfm_search.subset import ablation_batch_size, map_to_units, unit_image_losses  # noqa: E402
 from fslib.dfm_search.verified import dfm_unit_count  # noqa: E402
 from fslib.io import write_json  # noqa: E402
@@ -187,7 +188,7 @@ def ablation_rate(model, x, y, units, n_units: int, batch_size: int) -> float:
     """Ablated images per second of the exact ablation's inner loop (one class's images)."""
     dev = torch.device("cpu")
     ids = torch.arange(min(n_units, len(units)))
-    with dfm._EvalMode(model):
+    with eval_mode(model):
         unit_image_losses(model, x[:2], y[:2], units, ids[:1], batch_size, dev)  # warm-up
         (_, wall, _) = timed(lambda: unit_image_losses(model, x, y, units, ids, batch_size, dev))
     return len(ids) * len(y) / wall

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import torch
 
-from fslib.dfm import dominant_frequency_maps
+from fslib.dfm_search._dfm import dominant_frequency_maps
 from fslib.dfm_search.firstorder import first_order_dfms
 from fslib.dfm_search.hfss import hfss
 from fslib.dfm_search.race import race_dfms

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from fslib.dfm import _EvalMode
+from fslib.dfm_search._dfm import eval_mode
 from fslib.dfm_search.firstorder import first_order_dfms
 from fslib.dfm_search.hfss import hfss
 from fslib.dfm_search.race import race_dfms
@@ -85,7 +85,7 @@ def run_search(run, images: torch.Tensor, labels: torch.Tensor, method: str, *,
         return load_result(path)
     x = run.normalize(images)
     params = next(run.model.parameters(), None)
-    with torch.inference_mode(), _EvalMode(run.model):
+    with torch.inference_mode(), eval_mode(run.model):
         probe = x[:1].to(params.device) if params is not None else x[:1]
         num_classes = int(run.model(probe).shape[1])
     extra = {}

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from fslib.dfm import _EvalMode
+from fslib.dfm_search._dfm import eval_mode
 from fslib.spectral import fft_centred, ifft_centred
 
 __all__ = ["MaskScores", "score_masks"]
@@ -104,7 +104,7 @@ def score_masks(
     loss = torch.zeros_like(pos_hits)
     g = min(n, batch_size)
     k_step = max(1, batch_size // g)
-    with _EvalMode(model):
+    with eval_mode(model):
         for gs in range(0, n, g):
             x = images[gs : gs + g].to(device)
             y = labels[gs : gs + g].to(device)

@@ -32,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fslib.device import resolve_device
-from fslib.dfm import _EvalMode, ablation_units
+from fslib.dfm_search._dfm import ablation_units, eval_mode
 from fslib.dfm_search.firstorder import ESTIMATORS, first_order_unit_losses
 from fslib.dfm_search.result import PassCounter, SearchResult, check_fraction, check_inputs
 from fslib.dfm_search.subset import ablation_batch_size, unit_image_losses
@@ -155,7 +155,7 @@ def race_dfms(
     gen = torch.Generator().manual_seed(seed)
     values = torch.full((num_classes, len(units)), float("nan"), dtype=torch.float64)
     bar = tqdm(total=num_classes, disable=not progress, desc="race", unit="class")
-    with _EvalMode(model), counter:
+    with eval_mode(model), counter:
         for k in range(num_classes):
             idx = (labels == k).nonzero().flatten()
             idx = idx[torch.randperm(len(idx), generator=gen)]

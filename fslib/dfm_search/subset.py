@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from fslib.device import resolve_device
-from fslib.dfm import _EvalMode, _removed_components, _sinusoid_basis, ablation_units
+from fslib.dfm_search._dfm import _removed_components, _sinusoid_basis, ablation_units, eval_mode
 from fslib.dfm_search.result import PassCounter, check_inputs
 from fslib.spectral import fft_centred
 
@@ -40,7 +40,7 @@ def unit_image_losses(model, images: torch.Tensor, labels: torch.Tensor, units, 
                       batch_size: int, device: torch.device, spectra: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy of every image after removing every listed unit, ``(K, G)`` float64.
 
-    The caller puts the model in eval mode (:class:`fslib.dfm._EvalMode`) on ``device``.
+    The caller puts the model in eval mode (:func:`fslib.dfm_search._dfm.eval_mode`) on ``device``.
 
     Parameters
     ----------
@@ -120,7 +120,7 @@ def ablation_loss_subset(
     counter = counter if counter is not None else PassCounter(model)
     bar = tqdm(total=int(sum(int(selected[k].sum()) * int((labels == k).sum()) for k in range(num_classes))),
                disable=not progress, desc="exact (subset)", unit="img")
-    with _EvalMode(model), counter:
+    with eval_mode(model), counter:
         for k in range(num_classes):
             ids = selected[k].nonzero().flatten()
             idx = (labels == k).nonzero().flatten()

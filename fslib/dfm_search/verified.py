@@ -29,7 +29,7 @@ import time
 
 import torch
 
-from fslib.dfm import ablation_units, dominant_frequency_maps
+from fslib.dfm_search._dfm import ablation_units, dominant_frequency_maps
 from fslib.dfm_search.firstorder import ESTIMATORS, first_order_loss
 from fslib.dfm_search.result import PassCounter, SearchResult, check_fraction, check_inputs, check_maps
 from fslib.dfm_search.subset import ablation_loss_subset, map_to_units, units_to_map
