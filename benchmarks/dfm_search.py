@@ -7,7 +7,8 @@ Usage::
     .venv/bin/python benchmarks/dfm_search.py --quick      # small CI-friendly run (smoke model, few images)
     .venv/bin/python benchmarks/dfm_search.py --out results.json
 
-Part 32 (the book's default CIFAR-10 ResNet18, ``runs.get_or_train(recipes.cifar10())``): the
+Part 32 (the book's default CIFAR-10 ResNet18, ``runs.get_or_train(recipes.cifar10())``, or
+with ``--dataset syn_bK`` the ResNet18 of a synthetic set, ``recipes.synthetic``): the
 ranking and scoring images come from :func:`fslib.dfm.rank_score_split` of the test set. The
 exact ablation (:func:`fslib.dfm.ablation_loss`) runs first; then every method of
 :mod:`fslib.dfm_search` on the same images and threads. Printed per method: cost in
@@ -135,7 +136,10 @@ def methods_32(args) -> dict:
         "first-order logit": lambda *a: first_order_dfms(*a, estimator="logit", **kw),
         "first-order tangent, 4 steps": lambda *a: first_order_dfms(*a, steps=4, **kw),
         "verified (logit screen, 4x)": lambda *a: verified_dfms(*a, screen="logit", candidates=4.0, **kw),
+        "verified (tangent screen, 4x)": lambda *a: verified_dfms(*a, screen="tangent", candidates=4.0, **kw),
         "race (default schedule)": lambda *a: race_dfms(*a, **kw),
+        "race (control, prefilter 0.5)": lambda *a: race_dfms(*a, schedule=((0.1, 4.0),), prefilter=0.5,
+                                                                control=True, screen="tangent", **kw),
         "set search (TPR - FPR)": lambda *a: set_search(*a, rounds=args.set_rounds, **kw),
         "HFSS (fixed, auto portion)": lambda *a: hfss(*a, n_candidates=args.hfss_candidates, **kw),
     }
@@ -143,19 +147,20 @@ def methods_32(args) -> dict:
 
 
 def part_32(args) -> dict:
-    cfg = recipes.cifar10(scale="smoke" if args.quick else "default")
+    scale = "smoke" if args.quick else "default"
+    cfg = recipes.cifar10(scale=scale) if args.dataset == "cifar10" else recipes.synthetic(args.dataset, scale=scale)
     run = runs.load_finished(cfg, device="cpu")
     if run is None:
         if runs.run_path(cfg).exists() and not args.train:
             raise SystemExit(f"{runs.run_path(cfg)} exists but is not finished (another process may be training it); "
                              f"wait for its DONE file or pass --train to resume it here")
         run = runs.get_or_train(cfg, device="cpu")
-    test = data.load("cifar10", "test", progress=False)
+    test = data.load(args.dataset, "test", progress=False)
     rank, score = dfm.rank_score_split(test.labels, args.n_rank, args.n_score, args.seed)
     model = run.model.cpu()
     x, y = run.normalize(test.images[rank]), test.labels[rank]
     xs, ys = run.normalize(test.images[score]), test.labels[score]
-    c = 10
+    c = int(test.labels.max()) + 1
     units = dfm.ablation_units(32, 32)
     print(f"\n== 32 px: {Path(run.path).name} (test accuracy {run.metrics['test_acc']:.3f}); "
           f"{len(y)} ranking and {len(ys)} scoring test images; {torch.get_num_threads()} threads ==")
@@ -257,6 +262,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--part", choices=["32", "224", "both"], default="both")
     p.add_argument("--quick", action="store_true", help="smoke CIFAR model, few images, small searches")
+    p.add_argument("--dataset", default="cifar10", choices=["cifar10", "syn_b1", "syn_b2", "syn_b3", "syn_b4"],
+                   help="32-px part: the book's CIFAR-10 ResNet18 or a synthetic-set ResNet18 (4 classes)")
     p.add_argument("--n-rank", type=int, default=200, help="CIFAR-10 ranking images (20 per class)")
     p.add_argument("--n-score", type=int, default=500, help="CIFAR-10 held-out scoring images")
     p.add_argument("--n-null", type=int, default=20, help="random null masks per class in the shortcut test")
