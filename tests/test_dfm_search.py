@@ -200,6 +200,24 @@ def test_verified_equals_exact_when_candidates_hold_the_top_set(patch_size):
     assert not torch.equal(bad.dfms[~held], truth[~held])
 
 
+def test_adaptive_verification_spends_where_the_screen_fails():
+    """A perfect screen stops at the first candidates; a reversed one keeps verifying up to the
+    cap, which then holds every unit, so its DFM is exact."""
+    net = SmoothNet()
+    x, y = data(n=30)
+    exact = dfm.ablation_loss(net, x, y, 3, device="cpu", progress=False)
+    kw = dict(top=0.2, screen="maps", candidates=1.5, adaptive=True, device="cpu", progress=False)
+    good = verified_dfms(net, x, y, 3, screen_maps=exact, max_candidates=3.0, **kw)
+    first = math.ceil(1.5 * math.ceil(0.2 * 34))
+    assert good.provenance["n_candidates"] == [first] * 3
+    bad = verified_dfms(net, x, y, 3, screen_maps=-exact, max_candidates=20.0, **kw)
+    assert all(n > first for n in bad.provenance["n_candidates"])
+    assert all(n <= 34 for n in bad.provenance["n_candidates"])
+    held = contains_exact_top(bad.extras["candidates"], exact, 0.2)
+    truth = dfm.dominant_frequency_maps(exact, 0.2)
+    assert all(torch.equal(bad.dfms[k], truth[k]) for k in held.nonzero().flatten().tolist())
+
+
 def dfm_search_unit_map(flags, patch_size, size):
     return units_to_map(flags.double(), dfm.ablation_units(size, size, patch_size))
 
