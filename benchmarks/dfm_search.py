@@ -133,10 +133,14 @@ def methods_32(args) -> dict:
     kw = dict(top=TOP, device="cpu", progress=False)
     m = {
         "first-order tangent": lambda *a: first_order_dfms(*a, **kw),
+        "first-order tangent, rectified": lambda *a: first_order_dfms(*a, rectify=True, **kw),
         "first-order logit": lambda *a: first_order_dfms(*a, estimator="logit", **kw),
         "first-order tangent, 4 steps": lambda *a: first_order_dfms(*a, steps=4, **kw),
-        "verified (logit screen, 4x)": lambda *a: verified_dfms(*a, screen="logit", candidates=4.0, **kw),
-        "verified (tangent screen, 4x)": lambda *a: verified_dfms(*a, screen="tangent", candidates=4.0, **kw),
+        "verified (signed tangent, 4x)": lambda *a: verified_dfms(*a, rectify=False, **kw),
+        "verified (rectified tangent, 4x)": lambda *a: verified_dfms(*a, **kw),
+        "verified (rectified logit, 4x)": lambda *a: verified_dfms(*a, screen="logit", **kw),
+        "verified (rectified tangent, adaptive)": lambda *a: verified_dfms(*a, candidates=2.0, adaptive=True,
+                                                                          z=1.0, **kw),
         "race (default schedule)": lambda *a: race_dfms(*a, **kw),
         "race (control, prefilter 0.5)": lambda *a: race_dfms(*a, schedule=((0.1, 4.0),), prefilter=0.5,
                                                                 control=True, screen="tangent", **kw),
@@ -146,10 +150,33 @@ def methods_32(args) -> dict:
     return {k: v for k, v in m.items() if not args.methods or any(s in k for s in args.methods)}
 
 
+def load_run_dir(path: str):
+    """A finished run folder of any fslib version, read-only: model weights from checkpoint.pt
+    (``weights_only=True``), architecture from config.json, test accuracy from metrics.json."""
+    from types import SimpleNamespace
+
+    from fslib import augment as aug
+    from fslib.constants import normalization
+    from fslib.io import read_json
+    from fslib.models import build
+
+    folder = Path(path)
+    if not (folder / "DONE").exists():
+        raise SystemExit(f"{folder} is not a finished run (no DONE file)")
+    cfg = read_json(folder / "config.json")["config"]
+    state = torch.load(folder / "checkpoint.pt", weights_only=True, map_location="cpu")
+    metrics = read_json(folder / "metrics.json")
+    model = build(cfg["model"], len(metrics["per_class_acc"]), width=cfg["width"])
+    model.load_state_dict(state["trainer"]["model"])
+    mean, std = normalization(cfg["dataset"])
+    return SimpleNamespace(model=model.eval(), normalize=lambda im: aug.normalize(im, mean, std), path=folder,
+                           metrics=metrics)
+
+
 def part_32(args) -> dict:
     scale = "smoke" if args.quick else "default"
     cfg = recipes.cifar10(scale=scale) if args.dataset == "cifar10" else recipes.synthetic(args.dataset, scale=scale)
-    run = runs.load_finished(cfg, device="cpu")
+    run = load_run_dir(args.run_dir) if args.run_dir else runs.load_finished(cfg, device="cpu")
     if run is None:
         if runs.run_path(cfg).exists() and not args.train:
             raise SystemExit(f"{runs.run_path(cfg)} exists but is not finished (another process may be training it); "
@@ -264,6 +291,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="smoke CIFAR model, few images, small searches")
     p.add_argument("--dataset", default="cifar10", choices=["cifar10", "syn_b1", "syn_b2", "syn_b3", "syn_b4"],
                    help="32-px part: the book's CIFAR-10 ResNet18 or a synthetic-set ResNet18 (4 classes)")
+    p.add_argument("--run-dir", default=None, help="32-px part: a finished run folder to use instead of the recipe's")
     p.add_argument("--n-rank", type=int, default=200, help="CIFAR-10 ranking images (20 per class)")
     p.add_argument("--n-score", type=int, default=500, help="CIFAR-10 held-out scoring images")
     p.add_argument("--n-null", type=int, default=20, help="random null masks per class in the shortcut test")

@@ -153,6 +153,22 @@ def test_first_order_tracks_fewer_logits_consistently():
     assert not torch.allclose(full, fewer)
 
 
+def test_rectified_screen_counts_decreases_as_no_change():
+    from fslib.dfm_search import first_order_unit_losses
+    from fslib.dfm_search.subset import map_to_units
+
+    net = SmoothNet()
+    x, y = data()
+    losses, est = first_order_unit_losses(net, x, y, 3, device="cpu", progress=False)
+    signed = first_order_loss(net, x, y, 3, device="cpu", progress=False)
+    rect = first_order_loss(net, x, y, 3, rectify=True, device="cpu", progress=False)
+    units = dfm.ablation_units(8, 8)
+    manual = torch.stack([(losses[:, None] + (est - losses[:, None]).clamp_min(0))[y == k].mean(0) for k in range(3)])
+    assert torch.allclose(map_to_units(rect, units), manual)
+    assert torch.allclose(map_to_units(signed, units), torch.stack([est[y == k].mean(0) for k in range(3)]))
+    assert (rect >= signed - 1e-12).all() and (rect > signed + 1e-6).any()
+
+
 def test_first_order_restores_model_state():
     net = SmoothNet()
     net.train()

@@ -114,8 +114,8 @@ def race_dfms(
     top : float in (0, 1), the DFM size
     schedule : sequence of ``(share, multiple)``: after the round that has seen ``share`` of a
         class's images, keep the ``multiple x dfm_unit_count`` best units
-    prefilter : float in (0, 1], share of the units (by the first-order ``screen``) that enter
-        the race; 1 keeps all
+    prefilter : float in (0, 1], share of the units (by the rectified first-order ``screen``, as
+        :func:`fslib.dfm_search.verified.verified_dfms`) that enter the race; 1 keeps all
     control : bool, rank between rounds with the screen as a control variate
     screen : ``"tangent"`` or ``"logit"``, the first-order estimator of ``prefilter`` and
         ``control`` (not computed when neither is used)
@@ -144,11 +144,13 @@ def race_dfms(
     alive = torch.ones(num_classes, len(units), dtype=torch.bool)
     fo = None
     if prefilter < 1 or control:
-        fo = first_order_unit_losses(model, images, labels, num_classes, patch_size=patch_size, estimator=screen,
-                                     batch_size=batch_size, device=device, progress=progress, counter=counter)
+        loss0, fo = first_order_unit_losses(model, images, labels, num_classes, patch_size=patch_size,
+                                            estimator=screen, batch_size=batch_size, device=device, progress=progress,
+                                            counter=counter)
     if prefilter < 1:
         onehot = torch.nn.functional.one_hot(labels, num_classes).double()
-        scores = (onehot.T @ fo) / onehot.sum(0)[:, None]  # (C, U) class means of the estimate
+        increase = (fo - loss0[:, None]).clamp_min(0)  # rectified, as verified_dfms' screen
+        scores = (onehot.T @ increase) / onehot.sum(0)[:, None]  # (C, U)
         keep = max(1, math.ceil(prefilter * len(units)))
         order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :keep]
         alive = torch.zeros_like(alive).scatter(1, order, True)
