@@ -35,8 +35,9 @@ book: install
 	$(PY) -m fslib build
 	@echo "open _build/html/index.html"
 
-## What CI runs: unit tests, every chapter with the smoke profile, strict build, HTML checks.
+## What CI runs: lint, unit tests and doctests, every chapter with the smoke profile, strict build, HTML checks.
 test: install
+	$(PY) -m ruff check fslib tests benchmarks
 	$(PY) -m pytest -q -m "not html"
 	$(PY) -m fslib run --profile smoke
 	$(PY) -m fslib build --all --keep-going --output _build/smoke

@@ -43,7 +43,8 @@ def main() -> None:
     parser.add_argument("--layout", choices=["channels_last", "contiguous"], default="channels_last",
                         help="memory layout (TrainConfig.channels_last; default: the default profile's)")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="bf16",
-                        help="bf16: forward/loss under torch.autocast(bfloat16) (TrainConfig.precision; default: the default profile's)")
+                        help="bf16: forward/loss under torch.autocast(bfloat16) "
+                             "(TrainConfig.precision; default: the default profile's)")
     parser.add_argument("--no-compare", dest="compare", action="store_false",
                         help="skip timing the fp32 contiguous step side by side")
     parser.add_argument("--pipelines", nargs="+", default=["official", "flipcrop", "official+autoaugment",
@@ -65,7 +66,8 @@ def main() -> None:
     labels = torch.randint(0, 10, (4096,), generator=gen)
     bs = args.batch_size
     layout_name = args.layout
-    print(f"torch {torch.__version__}, {args.threads} thread(s), batch {bs}, 32x32, {layout_name}, {args.precision}, {args.steps} timed steps")
+    print(f"torch {torch.__version__}, {args.threads} thread(s), batch {bs}, 32x32, {layout_name}, {args.precision}, "
+          f"{args.steps} timed steps")
 
     def batch(i):
         idx = torch.randperm(len(pool), generator=gen)[:bs]
@@ -85,7 +87,7 @@ def main() -> None:
     aug_wall, aug_cpu = {}, {}
     for pipeline in args.pipelines:
         augment(*batch(0), pipeline)  # warm-up (imports, first-call allocations)
-        samples = [timed(lambda: augment(*batch(i), pipeline))[1:] for i in range(max(args.steps, 5))]
+        samples = [timed(lambda i=i, p=pipeline: augment(*batch(i), p))[1:] for i in range(max(args.steps, 5))]
         aug_wall[pipeline] = statistics.median(s[0] for s in samples)
         aug_cpu[pipeline] = statistics.median(s[1] for s in samples)
         print(f"augment {pipeline:<22} {aug_wall[pipeline] * 1e3:7.1f} ms/batch wall, {aug_cpu[pipeline] * 1e3:7.1f} ms CPU")
@@ -114,7 +116,7 @@ def main() -> None:
             for i in range(args.steps):
                 x, y = batch(i)
                 x = augment(x, y, "official")
-                samples.append(timed(lambda: step(x, y))[1:])
+                samples.append(timed(lambda x=x, y=y: step(x, y))[1:])
         params = models.count_parameters(model)
         return statistics.median(s[0] for s in samples), statistics.median(s[1] for s in samples), params
 

@@ -18,6 +18,7 @@ IMAGENET10_STD = (0.258143, 0.252662, 0.272406)
 NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     **{f"syn_b{k}": (SYNTHETIC_MEAN, SYNTHETIC_STD) for k in (1, 2, 3, 4)},
     "cifar10": (CIFAR10_MEAN, CIFAR10_STD),
+    "cifar10_skew": (CIFAR10_MEAN, CIFAR10_STD),  # the planted pattern has zero mean: CIFAR-10's statistics
     "imagenette": (IMAGENET_MEAN, IMAGENET_STD),
     "imagenet10": (IMAGENET10_MEAN, IMAGENET10_STD),
     "imagenet10_samples": (IMAGENET10_MEAN, IMAGENET10_STD),

@@ -25,27 +25,28 @@ spike does not count). Classes learned at the same recorded iteration are tied.
 
 from __future__ import annotations
 
-import itertools
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
-from fslib import recipes, runs
+from fslib import data, recipes, runs
 from fslib.constants import normalization
-from fslib.train import EVAL_BATCH, TrackingRecorder, TrainConfig, confusion_matrix, relative_confusion, track_set
+from fslib.inference import EVAL_BATCH, confusion_matrix
+from fslib.spectral import BAND_PAIRS, band_set_name
+from fslib.tracking import TrackingRecorder, track_set
+from fslib.train import TrainConfig
 
 __all__ = [
-    "BANDSTOP_PAIRS", "train_all", "tracking_table", "learned_at", "rank_orders", "learned_first_stats",
+    "BAND_PAIRS", "train_all", "tracking_table", "learned_at", "rank_orders", "learned_first_stats",
     "threshold_sweep", "window_mean_accuracy", "final_accuracy_table", "wall_times",
     "tracking_seconds", "bandstop_test",
     "bandstop_all", "mean_deltas", "bandstop_accuracy_table", "mean_std",
 ]
 
-BANDSTOP_PAIRS: tuple[tuple[int, int], ...] = tuple(itertools.combinations((1, 2, 3, 4), 2))
-"""The six pairs of bands a band-stop test removes, (1, 2) ... (3, 4)."""
 
 Recipe = Callable[..., TrainConfig]
 
@@ -314,8 +315,6 @@ def wall_times(all_runs: Mapping[tuple[str, int], runs.Run]) -> pd.DataFrame:
 
 
 def _test_split(run: runs.Run, n: int | None):
-    from fslib import data
-
     cfg = run.config
     return data.load(cfg.dataset, "test", n=n if n is not None else cfg.n_test, seed=cfg.data_seed, progress=False)
 
@@ -324,7 +323,7 @@ def tracking_seconds(run: runs.Run, *, test=None) -> dict[str, float]:
     """What the tracking costs: one tracking record of the run's final model, timed now.
 
     Builds the run's tracking sets (``run.config.track_sets`` on its test split) and times
-    one call of the :class:`fslib.train.TrackingRecorder` that training uses, on the
+    one call of the :class:`fslib.tracking.TrackingRecorder` that training uses, on the
     run's device.
 
     Parameters
@@ -354,9 +353,41 @@ def tracking_seconds(run: runs.Run, *, test=None) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------- band-stop tests
+def relative_confusion(pred_original, pred_bandstop, labels, num_classes: int) -> np.ndarray:
+    """The paper's relative confusion matrix of a band-stop test.
+
+    ``Delta[i, j] = (Pred_bandstop[i, j] - Pred_original[i, j]) / N_i * 100``, where
+    ``Pred[i, j]`` counts images of class ``i`` predicted as ``j`` and ``N_i`` is the number
+    of images of class ``i``. Rows sum to 0; the diagonal is the accuracy change in points.
+
+    Parameters
+    ----------
+    pred_original, pred_bandstop : Tensor, shape (N,) predicted labels or (N, C) logits
+    labels : Tensor, shape (N,)
+    num_classes : int
+
+    Returns
+    -------
+    ndarray, shape (C, C), float64, percentage points.
+
+    >>> relative_confusion(torch.tensor([0, 1]), torch.tensor([1, 1]), torch.tensor([0, 1]), 2).tolist()
+    [[-100.0, 100.0], [0.0, 0.0]]
+    """
+    def as_pred(p):
+        p = torch.as_tensor(p)
+        return p.argmax(dim=1) if p.ndim == 2 else p
+
+    orig = confusion_matrix(labels, as_pred(pred_original), num_classes).astype(np.float64)
+    stop = confusion_matrix(labels, as_pred(pred_bandstop), num_classes).astype(np.float64)
+    n = orig.sum(axis=1, keepdims=True)
+    if (n == 0).any():
+        raise ValueError(f"classes {np.flatnonzero(n[:, 0] == 0).tolist()} have no images")
+    return (stop - orig) / n * 100.0
+
+
 def bandstop_test(
     run: runs.Run,
-    pairs: Sequence[tuple[int, int]] = BANDSTOP_PAIRS,
+    pairs: Sequence[tuple[int, int]] = BAND_PAIRS,
     n: int | None = None,
     *,
     test=None,
@@ -365,7 +396,7 @@ def bandstop_test(
     """Relative confusion matrices of a trained model for band-stop test sets.
 
     The test images are the run's test split (``n`` images, default the run's ``n_test``)
-    and their band-stop versions :func:`fslib.train.track_set` (``"bandstop:J,K"``), the
+    and their band-stop versions :func:`fslib.tracking.track_set` (``"bandstop:J,K"``), the
     same images the tracking records use.
 
     Parameters
@@ -379,20 +410,20 @@ def bandstop_test(
     Returns
     -------
     dict with ``pairs`` (tuple of P pairs), ``delta`` (ndarray (P, C, C), percentage
-    points, :func:`fslib.train.relative_confusion`), ``acc_original`` (ndarray (C,)),
+    points, :func:`relative_confusion`), ``acc_original`` (ndarray (C,)),
     ``acc_bandstop`` (ndarray (P, C)) and ``n`` (int, images).
     """
     pairs = tuple(tuple(int(b) for b in p) for p in pairs)
     bad = [p for p in pairs if len(p) != 2 or not (1 <= p[0] < p[1] <= 4)]
     if bad or not pairs:
-        raise ValueError(f"invalid band pairs {bad or list(pairs)}; valid: {list(BANDSTOP_PAIRS)}")
+        raise ValueError(f"invalid band pairs {bad or list(pairs)}; valid: {list(BAND_PAIRS)}")
     test = _test_split(run, n) if test is None else test
     c = test.num_classes
     pred0 = run.predict(test.images, batch_size).argmax(1)
     counts = np.bincount(test.labels.numpy(), minlength=c)
     deltas, accs = [], []
     for j, k in pairs:
-        pred = run.predict(track_set(f"bandstop:{j},{k}", test), batch_size).argmax(1)
+        pred = run.predict(track_set(band_set_name("bandstop", (j, k)), test), batch_size).argmax(1)
         deltas.append(relative_confusion(pred0, pred, test.labels, c))
         accs.append(np.diag(confusion_matrix(test.labels, pred, c)) / counts)
     acc0 = np.diag(confusion_matrix(test.labels, pred0, c)) / counts
@@ -401,10 +432,8 @@ def bandstop_test(
 
 
 def bandstop_all(all_runs: Mapping[tuple[str, int], runs.Run], n: int | None = None,
-                 pairs: Sequence[tuple[int, int]] = BANDSTOP_PAIRS, progress: bool = True) -> dict[tuple[str, int], dict]:
+                 pairs: Sequence[tuple[int, int]] = BAND_PAIRS, progress: bool = True) -> dict[tuple[str, int], dict]:
     """:func:`bandstop_test` of every run: ``(dataset, seed) -> result``."""
-    from tqdm.auto import tqdm
-
     return {key: bandstop_test(run, pairs, n) for key, run in tqdm(all_runs.items(), desc="band-stop tests",
                                                                     disable=not progress)}
 
@@ -422,7 +451,8 @@ def bandstop_accuracy_table(results: Mapping[tuple[str, int], dict]) -> pd.DataF
 
     Returns
     -------
-    DataFrame with columns dataset, seed, removed (``"none"`` or ``"B1+B2"``...), class,
+    DataFrame with columns dataset, seed, removed (``"none"`` or a band set such as
+    ``"bandstop:1,2"``, :func:`fslib.spectral.band_set_name`), class,
     accuracy, retention (accuracy divided by the class's accuracy on the original set;
     NaN when that is 0).
     """
@@ -433,7 +463,8 @@ def bandstop_accuracy_table(results: Mapping[tuple[str, int], dict]) -> pd.DataF
             rows.append((d, s, "none", c, float(a), 1.0 if a > 0 else np.nan))
         for (j, k), accs in zip(r["pairs"], r["acc_bandstop"]):
             for c, a in enumerate(accs):
-                rows.append((d, s, f"B{j}+B{k}", c, float(a), float(a / acc0[c]) if acc0[c] > 0 else np.nan))
+                rows.append((d, s, band_set_name("bandstop", (j, k)), c, float(a),
+                             float(a / acc0[c]) if acc0[c] > 0 else np.nan))
     return pd.DataFrame(rows, columns=["dataset", "seed", "removed", "class", "accuracy", "retention"])
 
 

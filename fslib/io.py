@@ -19,17 +19,30 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+import torch
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it; put it straight back
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()  # read once, at import: os.umask is process-wide and not thread-safe
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed onto ``path``.
 
-    On error the temporary file is removed and ``path`` keeps its previous content.
+    On error the temporary file is removed and ``path`` keeps its previous content. The
+    file gets the mode a plain ``open(path, "w")`` would give (``0o666`` less the umask),
+    not the ``0o600`` of :func:`tempfile.mkstemp`.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_UMASK)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -64,7 +77,7 @@ def to_jsonable(obj: Any) -> Any:
         return obj.item()
     if isinstance(obj, np.ndarray):
         return obj.tolist()
-    if hasattr(obj, "tolist") and hasattr(obj, "dtype"):  # torch.Tensor without importing torch
+    if isinstance(obj, torch.Tensor):
         return obj.tolist()
     return obj
 
@@ -93,8 +106,6 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` through a temporary file (load back with ``weights_only=True``)."""
-    import torch
-
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())
@@ -112,3 +123,29 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
         for block in iter(lambda: fh.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def digest(obj: torch.Tensor | np.ndarray | torch.nn.Module, length: int = 16) -> str:
+    """Hex digest that identifies a tensor, an array or a model's weights.
+
+    A tensor or array is hashed with its dtype and shape (so a reshaped or re-typed copy gets
+    another digest); a module with its class name and every entry of its state dict.
+
+    >>> digest(torch.zeros(2, 2)) == digest(torch.zeros(2, 2)), digest(torch.zeros(4)) == digest(torch.zeros(2, 2))
+    (True, False)
+    """
+    h = hashlib.sha256()
+    if isinstance(obj, torch.nn.Module):
+        h.update(type(obj).__qualname__.encode())
+        for name, t in obj.state_dict().items():
+            h.update(name.encode())
+            h.update(digest(t).encode())
+        return h.hexdigest()[:length]
+    if isinstance(obj, np.ndarray):
+        obj = torch.from_numpy(np.ascontiguousarray(obj))
+    if not isinstance(obj, torch.Tensor):
+        raise TypeError(f"digest takes a tensor, an array or a module, got {type(obj).__name__}")
+    t = obj.detach().cpu().contiguous()
+    h.update(f"{t.dtype}|{tuple(t.shape)}|".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:length]

@@ -1,4 +1,4 @@
-"""Class-wise frequency statistics: the paper's ADCS and what the book derives from it.
+"""ADCS, the paper's class-wise frequency statistic, and what the book derives from it.
 
 ADCS (Averaged Difference of Class Spectra, Wang et al. 2023) marks, for every class ``c``
 and frequency ``(u, v)``, against how many other classes the class's mean amplitude is
@@ -27,40 +27,26 @@ Two variants (``variant=``):
 
 Everything streams over batches through :func:`fslib.spectral.amplitude_batches` (one FFT
 loop for the whole library).
+
+How stable an ADCS map is under resampling the images is :mod:`fslib.stability`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from fslib import spectral
 from fslib.device import resolve_device
 
-__all__ = [
-    "VARIANTS",
-    "GREY_WEIGHTS",
-    "ADCSStability",
-    "class_mean_spectra",
-    "adcs",
-    "adcs_from_spectra",
-    "adcs_range",
-    "adcs_radial_profile",
-    "adcs_band_means",
-    "adcs_distinctiveness",
-    "adcs_inside",
-    "adcs_global_order",
-    "adcs_positive_mask",
-    "adcs_stability",
-]
-
 VARIANTS = ("paper", "official")
+
+
 GREY_WEIGHTS = (0.2989, 0.5870, 0.1140)  # official script's rgb2gray (ITU-R BT.601 luma)
+
 
 Normalize = tuple[Sequence[float], Sequence[float]] | None
 
@@ -91,7 +77,6 @@ def adcs_range(num_classes: int, variant: str = "paper") -> tuple[int, int]:
     return (-(num_classes - 1), num_classes - 1) if variant == "paper" else (-num_classes, num_classes - 2)
 
 
-# --------------------------------------------------------------------------- spectra
 def class_mean_spectra(
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -227,7 +212,6 @@ def adcs(
     return adcs_from_spectra(spectra, "official")
 
 
-# --------------------------------------------------------------------------- summaries
 def adcs_radial_profile(adcs_map: torch.Tensor) -> torch.Tensor:
     """Mean ADCS of every class at every integer radius.
 
@@ -243,13 +227,13 @@ def adcs_radial_profile(adcs_map: torch.Tensor) -> torch.Tensor:
     return spectral.radial_profile(adcs_map.to(torch.float64))
 
 
-def adcs_band_means(adcs_map: torch.Tensor, classes: Sequence[str] | None = None) -> pd.DataFrame:
+def adcs_band_means(adcs_map: torch.Tensor, class_names: Sequence[str] | None = None) -> pd.DataFrame:
     """Mean ADCS of every class inside each band B1..B4.
 
     Parameters
     ----------
     adcs_map : Tensor, shape (C, H, W)
-    classes : names of the C classes (default ``"0"``, ``"1"``, ...)
+    class_names : names of the C class_names (default ``"0"``, ``"1"``, ...)
 
     Returns
     -------
@@ -258,13 +242,13 @@ def adcs_band_means(adcs_map: torch.Tensor, classes: Sequence[str] | None = None
     c, h, w = adcs_map.shape
     masks = spectral.band_masks(h, w).to(torch.float64)  # (4, H, W)
     means = torch.einsum("chw,bhw->cb", adcs_map.to(torch.float64), masks) / masks.sum(dim=(1, 2))
-    names = list(classes) if classes is not None else [str(i) for i in range(c)]
+    names = list(class_names) if class_names is not None else [str(i) for i in range(c)]
     return pd.DataFrame(means.numpy(), index=pd.Index(names, name="class"), columns=list(spectral.BANDS))
 
 
 def adcs_distinctiveness(
     adcs_map: torch.Tensor,
-    classes: Sequence[str] | None = None,
+    class_names: Sequence[str] | None = None,
     variant: str = "paper",
 ) -> pd.DataFrame:
     """How distinctive each class's spectrum is, one row per class, ranked.
@@ -290,7 +274,7 @@ def adcs_distinctiveness(
     Parameters
     ----------
     adcs_map : Tensor, shape (C, H, W), int
-    classes : names of the C classes
+    class_names : names of the C class_names
     variant : {"paper", "official"}, the variant that produced ``adcs_map``
     """
     _check_variant(variant)
@@ -298,7 +282,7 @@ def adcs_distinctiveness(
     paper_scale = adcs_map.to(torch.float64) + (1.0 if variant == "official" else 0.0)
     top = paper_scale == c - 1
     band_of_top = torch.einsum("chw,bhw->cb", top.to(torch.float64), spectral.band_masks(h, w).to(torch.float64))
-    names = list(classes) if classes is not None else [str(i) for i in range(c)]
+    names = list(class_names) if class_names is not None else [str(i) for i in range(c)]
     if len(names) != c:
         raise ValueError(f"{len(names)} class names for {c} ADCS maps")
     table = pd.DataFrame(
@@ -320,7 +304,7 @@ def adcs_distinctiveness(
 def adcs_inside(
     adcs_map: torch.Tensor,
     masks: torch.Tensor,
-    classes: Sequence[str] | None = None,
+    class_names: Sequence[str] | None = None,
     variant: str = "paper",
 ) -> pd.DataFrame:
     """ADCS of each class inside its own set of positions (a planted region, a DFM, ...).
@@ -329,7 +313,7 @@ def adcs_inside(
     ----------
     adcs_map : Tensor, shape (C, H, W), int
     masks : Tensor, shape (C, H, W) or (H, W), bool; row ``c`` selects class ``c``'s positions
-    classes : names of the C classes
+    class_names : names of the C class_names
     variant : {"paper", "official"}, the variant that produced ``adcs_map``
 
     Returns
@@ -345,18 +329,18 @@ def adcs_inside(
     with np.errstate(invalid="ignore"):
         mean = ((adcs_map * m).sum(dim=(1, 2)) / n).numpy()
         top_fraction = ((top & m).sum(dim=(1, 2)) / n).numpy()
-    names = list(classes) if classes is not None else [str(i) for i in range(c)]
+    names = list(class_names) if class_names is not None else [str(i) for i in range(c)]
     return pd.DataFrame(
         {"n_positions": n.to(torch.int64).numpy(), "mean_adcs": mean, "top_fraction": top_fraction},
         index=pd.Index(names, name="class"),
     )
 
 
-def adcs_global_order(adcs_map: torch.Tensor, classes: Sequence[str] | None = None) -> pd.DataFrame:
-    """How far the maps are explained by one global ordering of the classes.
+def adcs_global_order(adcs_map: torch.Tensor, class_names: Sequence[str] | None = None) -> pd.DataFrame:
+    """How far the maps are explained by one global ordering of the class_names.
 
     If every class's spectrum were one shared spectrum times a class factor (overall
-    contrast), the classes would keep the same order at every frequency and ADCS would be
+    contrast), the class_names would keep the same order at every frequency and ADCS would be
     ``2 r_c - (C - 1)`` everywhere, with ``r_c`` the class's rank. Here ``r_c`` is the rank
     of the class's mean ADCS (ties broken by class index), and the table reports the share
     of positions where the map equals (``match``) or is within one swap of (``within_one``,
@@ -366,7 +350,7 @@ def adcs_global_order(adcs_map: torch.Tensor, classes: Sequence[str] | None = No
     Parameters
     ----------
     adcs_map : Tensor, shape (C, H, W), int
-    classes : names of the C classes
+    class_names : names of the C class_names
 
     Returns
     -------
@@ -379,7 +363,7 @@ def adcs_global_order(adcs_map: torch.Tensor, classes: Sequence[str] | None = No
     shift = torch.round(mean.mean()).to(torch.int64)  # 0 for the paper map, -1 for the official one
     value = 2 * rank - (c - 1) + shift
     diff = (adcs_map - value[:, None, None]).abs()
-    names = list(classes) if classes is not None else [str(i) for i in range(c)]
+    names = list(class_names) if class_names is not None else [str(i) for i in range(c)]
     return pd.DataFrame(
         {
             "global_value": value.numpy(),
@@ -414,142 +398,3 @@ def adcs_positive_mask(adcs_map: torch.Tensor, level: int | None = None, variant
     if not lo <= level <= hi:
         raise ValueError(f"level {level} outside the {variant} ADCS range [{lo}, {hi}]")
     return adcs_map >= level
-
-
-# --------------------------------------------------------------------------- stability
-@dataclass(frozen=True)
-class ADCSStability:
-    """Bootstrap stability of the sign of ADCS.
-
-    Attributes
-    ----------
-    reference : Tensor, shape (C, H, W), int64, ADCS of the (sub)set that was resampled
-    agreement : Tensor, shape (C, H, W), float64, fraction of resamples whose
-        ``sign(ADCS)`` equals ``sign(reference)`` at each position
-    table : DataFrame, one row per class: ``agree_all`` (fraction of positions agreeing in
-        every resample), ``agree_95`` (in at least 95 % of them), ``mean_agreement``,
-        ``n_images`` (images of the class that were resampled)
-    n_boot : int
-    """
-
-    reference: torch.Tensor
-    agreement: torch.Tensor
-    table: pd.DataFrame
-    n_boot: int
-
-
-def _per_image_amplitudes(images: torch.Tensor, variant: str, batch_size: int, normalize: Normalize,
-                          device: torch.device) -> torch.Tensor:
-    """(N, H*W) float64: channel-mean ``|F|`` (paper) or grey-weighted ``|F|`` (official).
-
-    Grey weighting of the per-image amplitudes equals the script's grey of class-sum
-    differences because ``rgb2gray`` is linear (exact up to rounding).
-    """
-    n, _, h, w = images.shape
-    out = torch.empty(n, h * w, dtype=torch.float64)
-    per_channel = variant == "official"
-    batches = spectral.amplitude_batches(images, batch_size=batch_size, per_channel=per_channel,
-                                         normalize=normalize, device=device)
-    for start, amp in batches:
-        amp = _grey(amp.to(torch.float64), dim=1) if per_channel else amp.to(torch.float64)
-        out[start : start + amp.shape[0]] = amp.reshape(amp.shape[0], -1).cpu()
-    return out
-
-
-def adcs_stability(
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    num_classes: int,
-    variant: str = "paper",
-    *,
-    n_boot: int = 50,
-    seed: int = 0,
-    n_stability: int | None = None,
-    classes: Sequence[str] | None = None,
-    batch_size: int = 2048,
-    normalize: Normalize = None,
-    device: str | torch.device = "auto",
-    progress: bool = False,
-) -> ADCSStability:
-    """How stable the sign of ADCS is under bootstrap resampling of the images.
-
-    Within each class the images are resampled with replacement ``n_boot`` times (seeded);
-    each resample's class spectrum is ``E_c^b = w_b @ A_c / n_c`` with ``w_b`` the
-    multinomial counts and ``A_c`` the per-image amplitudes, so no FFT is recomputed.
-
-    Parameters
-    ----------
-    images : Tensor, shape (N, C, H, W), uint8 or float
-    labels : Tensor, shape (N,), int
-    num_classes : int
-    variant : {"paper", "official"}
-    n_boot : int, number of bootstrap resamples
-    seed : int, seeds the subset and the resamples
-    n_stability : int or None
-        At most this many images per class (a seeded random subset) are kept and resampled,
-        to bound memory (``n_stability * H * W * 8`` bytes per class); ``None`` keeps all.
-        The reference map is then the subset's ADCS.
-    classes : names for the table
-    batch_size : int, FFT batch size
-    normalize : (mean, std) or None, as :func:`adcs`
-    device : str or device, where the FFTs run (the resampling runs on the CPU)
-    progress : bool, show a progress bar over classes
-
-    Returns
-    -------
-    ADCSStability
-    """
-    _check_variant(variant)
-    _check_inputs(images, labels, num_classes)
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
-    if n_stability is not None and n_stability < 1:
-        raise ValueError(f"n_stability must be >= 1 or None, got {n_stability}")
-    h, w = images.shape[-2:]
-    dev = resolve_device(device)
-    gen = torch.Generator().manual_seed(seed)
-    labels_cpu = labels.cpu().long()
-    ref_spectra = torch.empty(num_classes, h * w, dtype=torch.float64)
-    boot_spectra = torch.empty(n_boot, num_classes, h * w, dtype=torch.float64)
-    sizes = []
-    for c in tqdm(range(num_classes), desc="bootstrap ADCS", disable=not progress):
-        idx = (labels_cpu == c).nonzero().flatten()
-        if idx.numel() == 0:
-            raise ValueError(f"class {c} has no images")
-        if n_stability is not None and idx.numel() > n_stability:
-            idx = idx[torch.randperm(idx.numel(), generator=gen)[:n_stability]].sort().values
-        amps = _per_image_amplitudes(images[idx.to(images.device)], variant, batch_size, normalize, dev)  # (n_c, P)
-        n_c = amps.shape[0]
-        draws = torch.randint(n_c, (n_boot, n_c), generator=gen)
-        counts = torch.zeros(n_boot, n_c, dtype=torch.float64).scatter_add_(1, draws, torch.ones(n_boot, n_c, dtype=torch.float64))
-        # Official sums over a class of unchanged size n_c: a common factor per class, the
-        # same for every resample, so the script's sums are the means times n_c.
-        scale = 1.0 / n_c if variant == "paper" else 1.0
-        ref_spectra[c] = amps.sum(0) * scale
-        boot_spectra[:, c] = (counts @ amps) * scale
-        sizes.append(n_c)
-    reference = _adcs_from_flat(ref_spectra, variant).reshape(num_classes, h, w)
-    agree = torch.zeros(num_classes, h * w, dtype=torch.float64)
-    ref_sign = torch.sign(reference.reshape(num_classes, -1))
-    for b in range(n_boot):  # one resample at a time keeps memory at (C, C, H*W)
-        agree += (torch.sign(_adcs_from_flat(boot_spectra[b], variant)) == ref_sign).to(torch.float64)
-    agreement = (agree / n_boot).reshape(num_classes, h, w)
-    names = list(classes) if classes is not None else [str(i) for i in range(num_classes)]
-    table = pd.DataFrame(
-        {
-            "class": names,
-            "agree_all": (agreement == 1.0).to(torch.float64).mean(dim=(1, 2)).numpy(),
-            "agree_95": (agreement >= 0.95).to(torch.float64).mean(dim=(1, 2)).numpy(),
-            "mean_agreement": agreement.mean(dim=(1, 2)).numpy(),
-            "n_images": sizes,
-        }
-    )
-    return ADCSStability(reference=reference, agreement=agreement, table=table, n_boot=n_boot)
-
-
-def _adcs_from_flat(spectra: torch.Tensor, variant: str) -> torch.Tensor:
-    """ADCS of grey/channel-mean class spectra (C, P): paper rule, or the official threshold."""
-    diff = spectra[:, None] - spectra[None]  # (C, C, P): E_c - E_j
-    if variant == "paper":
-        return torch.sign(diff).sum(dim=1).to(torch.int64)
-    return torch.where(diff > 0, 1, -1).sum(dim=1).to(torch.int64)

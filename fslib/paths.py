@@ -7,6 +7,11 @@
   sets, trained runs, DFMs). ``$FSLIB_CACHE`` when set, else the git-ignored
   ``data/cache`` folder of the repository (or ``~/.cache/fslib``).
 * ``repo_root()``, ``book_dir()``, ``executed_dir()``: the book's layout.
+
+A relative ``$FSLIB_CACHE`` or ``$FSLIB_DATA`` is relative to the working folder of the
+process that reads it; :func:`pin_environment` makes them absolute once, so that the
+chapters' kernels (which run in ``book/``) see the same folders as the command that
+started them.
 """
 
 from __future__ import annotations
@@ -55,6 +60,23 @@ def cache_root() -> Path:
     return path
 
 
+PATH_VARIABLES = ("FSLIB_CACHE", "FSLIB_DATA", "FSLIB_IMAGENET10", "FSLIB_IMAGENET_SCT", "FSLIB_CUE_CONFLICT")
+
+
+def pin_environment() -> dict[str, str]:
+    """Make every relative path variable of :data:`PATH_VARIABLES` absolute, in ``os.environ``.
+
+    Resolved against the current working folder, once: child processes (the chapters'
+    kernels) inherit the absolute paths. Returns the variables that changed.
+    """
+    changed = {}
+    for name in PATH_VARIABLES:
+        value = os.environ.get(name)
+        if value and not Path(value).expanduser().is_absolute():
+            changed[name] = os.environ[name] = str(Path(value).expanduser().resolve())
+    return changed
+
+
 def cache_dir(*parts: str) -> Path:
     """A sub-folder of :func:`cache_root`, created on demand."""
     path = cache_root().joinpath(*parts)
@@ -72,4 +94,4 @@ def executed_dir() -> Path:
 
 
 def profiles_dir() -> Path:
-    return _PACKAGE_DIR / "profiles"
+    return _PACKAGE_DIR / "book" / "profiles"

@@ -17,12 +17,61 @@ Conventions (used by every module of fslib and every chapter of the book)
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Iterator, Sequence
 
 import torch
 
 BANDS = ("B1", "B2", "B3", "B4")
+BAND_PAIRS: tuple[tuple[int, int], ...] = tuple(itertools.combinations((1, 2, 3, 4), 2))
+"""The six pairs of bands a band-stop test removes, (1, 2) ... (3, 4)."""
+BAND_SET_KINDS = ("bandpass", "bandstop")
+
+
+def band_set_name(kind: str, bands: Sequence[int]) -> str:
+    """The one spelling of a band-pass or band-stop set: ``"bandstop:1,2"``, ``"bandpass:3"``.
+
+    Used as the name of a tracking set (``TrainConfig.track_sets``), of a test set and of a
+    table row; :func:`band_set_label` turns it into display text.
+
+    >>> band_set_name("bandstop", (2, 1)), band_set_name("bandpass", [3])
+    ('bandstop:1,2', 'bandpass:3')
+    """
+    if kind not in BAND_SET_KINDS:
+        raise ValueError(f"unknown band-set kind {kind!r}; valid: {', '.join(BAND_SET_KINDS)}")
+    key = tuple(sorted(int(b) for b in bands))
+    if not key or any(b not in (1, 2, 3, 4) for b in key) or len(set(key)) != len(key):
+        raise ValueError(f"bands must be distinct values in 1..4, got {list(bands)}")
+    return f"{kind}:{','.join(map(str, key))}"
+
+
+def parse_band_set(name: str) -> tuple[str, tuple[int, ...]]:
+    """``"bandstop:1,2"`` -> ``("bandstop", (1, 2))``; the inverse of :func:`band_set_name`.
+
+    >>> parse_band_set("bandpass:4")
+    ('bandpass', (4,))
+    """
+    valid = "'bandpass:K[,K]' or 'bandstop:J[,K]' with distinct bands in 1..4"
+    kind, _, rest = str(name).partition(":")
+    try:
+        bands = tuple(int(b) for b in rest.split(","))
+        return kind, tuple(int(b) for b in band_set_name(kind, bands).partition(":")[2].split(","))
+    except ValueError:
+        raise ValueError(f"unknown band set {name!r}; valid: {valid}") from None
+
+
+def band_set_label(name: str) -> str:
+    """Display text of a band set: ``"bandstop:1,2"`` -> ``"B1+B2 removed"``, ``"bandpass:3"`` ->
+    ``"B3 only"``; any other name (``"test"``, ``"none"``) is returned as it is.
+
+    >>> band_set_label("bandstop:1,2"), band_set_label("bandpass:3"), band_set_label("test")
+    ('B1+B2 removed', 'B3 only', 'test')
+    """
+    if ":" not in str(name):
+        return str(name)
+    kind, bands = parse_band_set(name)
+    return "+".join(f"B{b}" for b in bands) + (" only" if kind == "bandpass" else " removed")
 
 
 # --------------------------------------------------------------------------- transforms
@@ -305,28 +354,71 @@ def class_average_spectra(
     return sums / counts.to(torch.float64).reshape(-1, *[1] * (len(shape) - 1))
 
 
-def band_energy_fraction(images: torch.Tensor, *, exclude_dc: bool = True) -> torch.Tensor:
-    """Fraction of each image's spectral energy in each band.
+def energy_fraction(
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    *,
+    exclude_dc: bool = True,
+    batch_size: int = 1024,
+) -> torch.Tensor:
+    """Share of each image's spectral energy that lies inside each mask.
+
+    Energy is ``|F(u, v)|^2`` of the centred spectrum summed over colour channels, computed
+    in float64 (uint8 images read as ``x / 255``). The one "energy inside a set of
+    frequencies" of the library: per band (:func:`band_energy_fraction`), inside a class's DFM
+    (whether its shortcut frequencies are *present* in an image, whatever the model does with
+    them), inside planted positions.
 
     Parameters
     ----------
-    images : Tensor, shape (N, C, H, W)
+    images : Tensor, shape (N, C, H, W), uint8 or float
+    masks : Tensor, shape (K, H, W), bool or 0/1
     exclude_dc : bool
-        Leave the DC term out (the mean brightness), as the book's "non-DC energy".
+        Leave the DC term out of numerator and denominator (mean brightness is not texture
+        or shape, and would dominate the total).
+    batch_size : int
+        Images per FFT (complex128 spectra are large).
+
+    Returns
+    -------
+    Tensor, shape (N, K), float64 in [0, 1] (0 for an image without non-DC energy).
+
+    >>> x = torch.zeros(1, 1, 4, 4); x[0, 0, :, ::2] = 1.0   # energy at DC and (u, v) = (0, +-2)
+    >>> m = torch.zeros(1, 4, 4, dtype=torch.bool); m[0, 2, 0] = True
+    >>> energy_fraction(x, m).tolist()
+    [[1.0]]
+    """
+    if images.ndim != 4 or masks.ndim != 3 or masks.shape[1:] != images.shape[2:]:
+        raise ValueError(f"need images (N, C, H, W) and masks (K, H, W) with the same H, W, got "
+                         f"{tuple(images.shape)} and {tuple(masks.shape)}")
+    h, w = images.shape[-2:]
+    weights = masks.to(torch.float64).cpu()
+    if exclude_dc:
+        weights = weights.clone()
+        weights[:, h // 2, w // 2] = 0.0
+    out = []
+    for start in range(0, images.shape[0], batch_size):
+        x = images[start : start + batch_size]
+        x = x.to(torch.float64) / 255.0 if x.dtype == torch.uint8 else x.to(torch.float64)
+        power = (fft_centred(x).abs() ** 2).sum(1).cpu()  # (B, H, W)
+        if exclude_dc:
+            power[:, h // 2, w // 2] = 0.0
+        total = power.flatten(1).sum(1, keepdim=True)
+        inside = torch.einsum("bhw,khw->bk", power, weights)
+        out.append(torch.where(total > 0, inside / total.clamp_min(1e-300), torch.zeros_like(inside)))
+    return torch.cat(out) if out else torch.zeros(0, masks.shape[0], dtype=torch.float64)
+
+
+def band_energy_fraction(images: torch.Tensor, *, exclude_dc: bool = True) -> torch.Tensor:
+    """Fraction of each image's spectral energy in each band: :func:`energy_fraction` of the
+    four :func:`band_masks`.
 
     Returns
     -------
     Tensor, shape (N, 4), float64; rows sum to 1 (0 for a constant image with exclude_dc).
     """
-    power = fft_centred(images.to(torch.float64) if images.is_floating_point() else images).abs() ** 2
-    power = power.to(torch.float64).sum(dim=1)  # (N, H, W), energy summed over channels
-    h, w = power.shape[-2:]
-    if exclude_dc:
-        power[:, h // 2, w // 2] = 0.0
-    masks = band_masks(h, w, power.device).to(power.dtype)  # (4, H, W)
-    per_band = torch.einsum("nhw,bhw->nb", power, masks)
-    total = per_band.sum(dim=1, keepdim=True)
-    return torch.where(total > 0, per_band / total.clamp_min(1e-300), torch.zeros_like(per_band))
+    h, w = images.shape[-2:]
+    return energy_fraction(images, band_masks(h, w), exclude_dc=exclude_dc)
 
 
 def radial_bins(h: int, w: int, device=None) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Training with the paper's recipe, evaluation, and the learning-dynamics measurements.
+"""Training: the paper's recipe as a config, and the deterministic loop that runs it.
 
 :class:`TrainConfig` holds the recipe of the official code as its defaults (SGD lr 0.01,
 momentum 0.9, Nesterov, weight decay 1e-4, ReduceLROnPlateau(0.1) on validation loss,
@@ -17,10 +17,16 @@ needs no RNG state. ``torch.use_deterministic_algorithms(True, warn_only=True)``
 while a :class:`Trainer` builds and trains (and restored afterwards). Results are
 reproducible for a fixed device and thread count.
 
-Learning dynamics: :class:`TrackingRecorder` evaluates the model every ``track_every``
-iterations on named test sets (:func:`track_set`), per class; :func:`learned_first` reads
-"when was each class learned" off that table and :func:`relative_confusion` computes the
-paper's band-stop Delta matrix.
+Extension points, each a config field (and so part of the run hash once set): the training
+loss (``objective``, a registry :data:`OBJECTIVES`), an augmentation of the normalised model
+input (``input_augment``, :data:`fslib.augment.INPUT_AUGMENTS`), and fine-tuning from another
+finished run (``init_from``) with some blocks frozen (``trainable``) or re-initialised
+(``reinit``), per-block learning-rate multipliers (``lr_scale``) and the settings of a derived
+dataset (``dataset_options``, e.g. the frequency skew of ``cifar10_skew``). Fields added after
+the first runs were cached stay out of the hash while they hold their defaults
+(:meth:`TrainConfig.to_dict`).
+
+Evaluation lives in :mod:`fslib.inference`, the learning-dynamics records in :mod:`fslib.tracking`.
 """
 
 from __future__ import annotations
@@ -31,35 +37,31 @@ import time
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Callable, Iterator, Sequence
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from fslib import augment as aug
-from fslib import models
+from fslib import data, distributed, models
 from fslib.constants import normalization
-from fslib.data import LabeledImages
 from fslib.device import resolve_device
-
-__all__ = [
-    "SCHEDULERS", "PRECISIONS", "TrainConfig", "TrainData", "load_data", "Trainer", "TrackingRecorder", "track_set",
-    "predict", "evaluate", "uses_channels_last", "confusion_matrix", "relative_confusion", "learned_first",
-    "learned_first_summary", "deterministic",
-]
+from fslib.images import LabeledImages
+from fslib.inference import PRECISIONS, evaluate, normalize
+from fslib.objectives import OBJECTIVES, Objective, register_objective  # noqa: F401  (train.register_objective)
+from fslib.tracking import TrackingRecorder, _parse_track_set, track_set
 
 SCHEDULERS = ("plateau", "onecycle", "cosine", "constant")
-PRECISIONS = ("fp32", "bf16")
-# Images per forward pass in evaluation. On a 2-core CPU a channels-last ResNet18 x0.25 in
-# fp32 scores 1,900-2,100 img/s at 128 against 1,200-1,400 at 512; on a GPU
-# larger batches would be faster, and every function takes ``batch_size``.
-EVAL_BATCH = 128
+
 Hook = Callable[[int, nn.Module], None]
 """``hook(step, model)``: called before the first step (step 0) and after every optimiser step."""
 
+# Fields added after run hashes were first recorded: left out of to_dict() (so out of every run
+# hash) while they hold these defaults, so the cached runs of a built book keep their hashes.
+_LATER_FIELDS: dict[str, Any] = {"input_augment": "none", "input_augment_options": (), "objective": "ce",
+                                 "objective_options": (), "init_from": None, "trainable": (), "reinit": (),
+                                 "dataset_options": (), "lr_scale": ()}
 
-# --------------------------------------------------------------------------- config
+
 @dataclass(frozen=True)
 class TrainConfig:
     """One training run; the defaults are the official code's recipe.
@@ -98,17 +100,33 @@ class TrainConfig:
     track_every: int = 0                 # evaluate tracking sets every k iterations (0 = off)
     track_until: int = 0                 # ... up to this iteration (paper: 500 synthetic, 1,200 natural)
     track_sets: tuple[str, ...] = ()     # e.g. "test", "bandpass:3", "bandstop:1,2" (see track_set)
+    input_augment: str = "none"          # augmentation of the normalised model input (fslib.augment.INPUT_AUGMENTS)
+    input_augment_options: tuple[tuple[str, Any], ...] = ()  # its settings, as (name, value) pairs
+    objective: str = "ce"                # training loss (OBJECTIVES); paper: cross-entropy
+    objective_options: tuple[tuple[str, Any], ...] = ()      # its settings, as (name, value) pairs
+    init_from: str | None = None         # cache key of a finished run whose weights start this one (None: random init)
+    trainable: tuple[str, ...] = ()      # parameter-name prefixes that train; the rest is frozen (empty: all train)
+    reinit: tuple[str, ...] = ()         # with init_from: prefixes that start from a fresh initialisation instead
+    dataset_options: tuple[tuple[str, Any], ...] = ()  # settings of a derived dataset (cifar10_skew), completed with its defaults
+    lr_scale: tuple[tuple[str, float], ...] = ()       # (prefix, multiplier): those parameters train at lr x multiplier
 
     def __post_init__(self) -> None:
-        from fslib.data import DATASETS
-
-        for name in ("crop_scale", "track_sets"):
+        for name in ("crop_scale", "track_sets", "trainable", "reinit"):
             value = getattr(self, name)
             if isinstance(value, list):
                 object.__setattr__(self, name, tuple(value))
-        trainable = [n for n, s in DATASETS.items() if "train" in s.splits]
+        for name in ("input_augment_options", "objective_options", "dataset_options"):
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                value = value.items()
+            object.__setattr__(self, name, tuple(sorted((str(k), v) for k, v in value)))
+        scales = self.lr_scale.items() if isinstance(self.lr_scale, dict) else self.lr_scale
+        object.__setattr__(self, "lr_scale", tuple((str(k), float(v)) for k, v in scales))
+        trainable = [n for n, s in data.DATASETS.items() if "train" in s.splits]
         if self.dataset not in trainable:
             raise ValueError(f"unknown training dataset {self.dataset!r}; valid: {', '.join(trainable)}")
+        # every setting of a derived dataset is spelled out, so all of them are part of the run hash
+        object.__setattr__(self, "dataset_options", data.check_options(self.dataset, self.dataset_options))
         if self.model not in models.MODELS:
             raise ValueError(f"unknown model {self.model!r}; valid: {', '.join(models.MODELS)}")
         if self.scheduler not in SCHEDULERS:
@@ -119,6 +137,12 @@ class TrainConfig:
             raise ValueError(f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}")
         if self.extra_augment not in aug.EXTRA_AUGMENTS:
             raise ValueError(f"unknown extra_augment {self.extra_augment!r}; valid: {', '.join(aug.EXTRA_AUGMENTS)}")
+        if self.input_augment not in aug.INPUT_AUGMENTS:
+            raise ValueError(f"unknown input_augment {self.input_augment!r}; valid: {', '.join(aug.INPUT_AUGMENTS)}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.objective!r}; valid: {', '.join(OBJECTIVES)}")
+        if self.reinit and self.init_from is None:
+            raise ValueError("reinit needs init_from: it names blocks of the starting run to initialise afresh")
         checks = {
             "width": self.width > 0, "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 2,
             "lr": self.lr > 0, "momentum": 0 <= self.momentum < 1, "weight_decay": self.weight_decay >= 0,
@@ -129,6 +153,8 @@ class TrainConfig:
             "crop_scale": len(self.crop_scale) == 2 and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1,
             "max_iters": self.max_iters is None or self.max_iters >= 1,
             "n_train": self.n_train is None or self.n_train >= 1, "n_test": self.n_test is None or self.n_test >= 1,
+            "lr_scale": all(v > 0 and math.isfinite(v) for _, v in self.lr_scale)
+            and len({k for k, _ in self.lr_scale}) == len(self.lr_scale),
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -141,8 +167,16 @@ class TrainConfig:
             _parse_track_set(name)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready dict (tuples become lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        """Plain JSON-ready dict (tuples become lists), the content of the run hash.
+
+        Fields added to the config after the first runs were cached are left out while they
+        hold their defaults, so adding a field never changes an existing run's hash.
+        """
+        def plain(v: Any) -> Any:
+            return [plain(x) for x in v] if isinstance(v, (tuple, list)) else v
+
+        return {k: plain(v) for k, v in asdict(self).items()
+                if not (k in _LATER_FIELDS and getattr(self, k) == _LATER_FIELDS[k])}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
@@ -177,7 +211,6 @@ def deterministic() -> Iterator[None]:
         tud.fill_uninitialized_memory = fill
 
 
-# --------------------------------------------------------------------------- data
 @dataclass(frozen=True)
 class TrainData:
     """The three splits of one run, uint8 images in memory."""
@@ -210,11 +243,12 @@ def load_data(cfg: TrainConfig, loader: Callable[..., LabeledImages] | None = No
     TrainData; ``val`` holds ``round(val_fraction * N)`` training images chosen with
     ``cfg.seed`` (as the official code's ``random_split``), ``None`` when val_fraction is 0.
     """
-    if loader is None:
-        from fslib.data import load as loader
+    loader = data.load if loader is None else loader
     kw: dict[str, Any] = {"seed": cfg.data_seed, "progress": progress}
     if cfg.resolution is not None:
         kw["resolution"] = cfg.resolution
+    if cfg.dataset_options:
+        kw["options"] = dict(cfg.dataset_options)
     full = loader(cfg.dataset, "train", n=cfg.n_train, **kw)
     test = loader(cfg.dataset, "test", n=cfg.n_test, **kw)
     n_val = int(round(cfg.val_fraction * len(full)))
@@ -227,298 +261,6 @@ def load_data(cfg: TrainConfig, loader: Callable[..., LabeledImages] | None = No
     return TrainData(train, val, test)
 
 
-# --------------------------------------------------------------------------- evaluation
-def uses_channels_last(model: nn.Module) -> bool:
-    """Whether the model's convolution weights are stored channels-last (NHWC)."""
-    return any(p.ndim == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last)
-               for p in model.parameters())
-
-
-@torch.no_grad()
-def predict(
-    model: nn.Module,
-    images: torch.Tensor,
-    batch_size: int = EVAL_BATCH,
-    device: str | torch.device = "auto",
-    *,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-    precision: str = "fp32",
-) -> torch.Tensor:
-    """Logits of ``model`` in eval mode (its previous mode is restored).
-
-    Parameters
-    ----------
-    images : Tensor, shape (N, C, H, W)
-        Already-normalised float model input; or, when ``mean``/``std`` are given, raw
-        images (uint8, or float in [0, 1]) normalised batch by batch.
-    precision : "fp32", or "bf16" for forwards under ``torch.autocast(bfloat16)`` (the
-        tracking of a bf16 training run; final evaluations use fp32)
-
-    Returns
-    -------
-    Tensor, shape (N, num_classes), float32, on the CPU.
-    """
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
-    dev = resolve_device(device)
-    if mean is None and not images.is_floating_point():
-        raise TypeError(f"images are {images.dtype}: pass mean/std (or normalise first, e.g. run.normalize)")
-    was_training = model.training
-    channels_last = uses_channels_last(model)
-    model.eval()
-    try:
-        outs = []
-        for start in range(0, images.shape[0], batch_size):
-            x = images[start : start + batch_size].to(dev)
-            x = aug.normalize(x, mean, std) if mean is not None else x.to(torch.float32)
-            if x.ndim == 4 and channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                outs.append(model(x).float().cpu())
-        return torch.cat(outs) if outs else torch.empty(0, 0)
-    finally:
-        model.train(was_training)
-
-
-def confusion_matrix(labels: torch.Tensor, predictions: torch.Tensor, num_classes: int) -> np.ndarray:
-    """Counts ``M[i, j]`` of images of class ``i`` predicted as ``j``, int64 ``(C, C)``."""
-    lab = torch.as_tensor(labels).long().flatten().cpu()
-    pred = torch.as_tensor(predictions).long().flatten().cpu()
-    if lab.shape != pred.shape:
-        raise ValueError(f"{lab.numel()} labels but {pred.numel()} predictions")
-    return torch.bincount(lab * num_classes + pred, minlength=num_classes**2).reshape(num_classes, num_classes).numpy()
-
-
-def _scores(confusion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-class accuracy (recall) and false-positive rate from a confusion matrix."""
-    per_class = confusion.sum(axis=1)
-    correct = np.diag(confusion)
-    acc = np.divide(correct, per_class, out=np.full(len(correct), np.nan), where=per_class > 0)
-    negatives = per_class.sum() - per_class
-    fp = confusion.sum(axis=0) - correct
-    fpr = np.divide(fp, negatives, out=np.full(len(correct), np.nan), where=negatives > 0)
-    return acc, fpr
-
-
-def evaluate(
-    model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    num_classes: int,
-    batch_size: int = EVAL_BATCH,
-    device: str | torch.device = "auto",
-    *,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-    precision: str = "fp32",
-) -> dict[str, Any]:
-    """Accuracy, per-class accuracy, confusion matrix and mean loss.
-
-    Parameters
-    ----------
-    images : Tensor, shape (N, C, H, W), normalised float (or raw with ``mean``/``std``)
-    labels : Tensor, shape (N,), int64
-    precision : as :func:`predict`
-
-    Returns
-    -------
-    dict with ``acc`` (float), ``per_class_acc`` (ndarray (C,), NaN for an absent class),
-    ``fpr`` (ndarray (C,), share of other-class images predicted as the class),
-    ``confusion`` (ndarray (C, C) int64, rows = true class), ``loss`` (float, mean
-    cross-entropy) and ``predictions`` (Tensor (N,) int64).
-    """
-    logits = predict(model, images, batch_size, device, mean=mean, std=std, precision=precision)
-    labels = torch.as_tensor(labels).long().cpu()
-    pred = logits.argmax(dim=1)
-    conf = confusion_matrix(labels, pred, num_classes)
-    per_class, fpr = _scores(conf)
-    return {
-        "acc": float((pred == labels).float().mean()),
-        "per_class_acc": per_class,
-        "fpr": fpr,
-        "confusion": conf,
-        "loss": float(F.cross_entropy(logits, labels)),
-        "predictions": pred,
-    }
-
-
-def relative_confusion(pred_original, pred_bandstop, labels, num_classes: int) -> np.ndarray:
-    """The paper's relative confusion matrix of a band-stop test.
-
-    ``Delta[i, j] = (Pred_bandstop[i, j] - Pred_original[i, j]) / N_i * 100``, where
-    ``Pred[i, j]`` counts images of class ``i`` predicted as ``j`` and ``N_i`` is the number
-    of images of class ``i``. Rows sum to 0; the diagonal is the accuracy change in points.
-
-    Parameters
-    ----------
-    pred_original, pred_bandstop : Tensor, shape (N,) predicted labels or (N, C) logits
-    labels : Tensor, shape (N,)
-    num_classes : int
-
-    Returns
-    -------
-    ndarray, shape (C, C), float64, percentage points.
-
-    >>> relative_confusion(torch.tensor([0, 1]), torch.tensor([1, 1]), torch.tensor([0, 1]), 2).tolist()
-    [[-100.0, 100.0], [0.0, 0.0]]
-    """
-    def as_pred(p):
-        p = torch.as_tensor(p)
-        return p.argmax(dim=1) if p.ndim == 2 else p
-
-    orig = confusion_matrix(labels, as_pred(pred_original), num_classes).astype(np.float64)
-    stop = confusion_matrix(labels, as_pred(pred_bandstop), num_classes).astype(np.float64)
-    n = orig.sum(axis=1, keepdims=True)
-    if (n == 0).any():
-        raise ValueError(f"classes {np.flatnonzero(n[:, 0] == 0).tolist()} have no images")
-    return (stop - orig) / n * 100.0
-
-
-# --------------------------------------------------------------------------- tracking
-def _parse_track_set(name: str) -> tuple[str, tuple[int, ...]]:
-    valid = "'test', 'bandpass:K[,K]' or 'bandstop:J[,K]' with bands in 1..4"
-    if name == "test":
-        return "test", ()
-    kind, _, rest = name.partition(":")
-    if kind not in ("bandpass", "bandstop") or not rest:
-        raise ValueError(f"unknown tracking set {name!r}; valid: {valid}")
-    try:
-        bands = tuple(int(b) for b in rest.split(","))
-    except ValueError:
-        raise ValueError(f"unknown tracking set {name!r}; valid: {valid}") from None
-    if not bands or any(b not in (1, 2, 3, 4) for b in bands) or len(set(bands)) != len(bands):
-        raise ValueError(f"unknown tracking set {name!r}; valid: {valid}")
-    return kind, tuple(sorted(bands))
-
-
-def track_set(name: str, test: LabeledImages) -> torch.Tensor:
-    """Images of a named tracking set, built from the test split.
-
-    ``"test"`` is the test split itself; ``"bandpass:K[,K]"`` keeps only the given bands and
-    ``"bandstop:J[,K]"`` removes them (bands of :mod:`fslib.spectral`). For the synthetic
-    sets the variants come from :func:`fslib.synthetic.variant` (DC kept, clipped, uint8),
-    the same images the chapters' band-stop tests use; for other datasets from
-    :func:`fslib.spectral.band_pass` / :func:`~fslib.spectral.band_stop` (float in about
-    [0, 1], not clipped). Labels are those of ``test``.
-
-    Returns
-    -------
-    Tensor, shape (N, C, H, W), uint8 or float (raw, not normalised).
-    """
-    kind, bands = _parse_track_set(name)
-    if kind == "test":
-        return test.images
-    if test.name.startswith("syn_b") and test.extra.get("seed") is not None:
-        from fslib import synthetic
-
-        images, labels = synthetic.variant(test.name, kind, bands, "test", n=len(test), seed=int(test.extra["seed"]))
-        if not torch.equal(labels, test.labels):
-            raise ValueError(f"synthetic.variant({test.name!r}) labels do not match the test split in use")
-        return images
-    from fslib import spectral
-
-    fn = spectral.band_pass if kind == "bandpass" else spectral.band_stop
-    return fn(test.images, bands)
-
-
-class TrackingRecorder:
-    """Hook that records per-class accuracy on named test sets every ``every`` iterations.
-
-    Parameters
-    ----------
-    sets : dict name -> Tensor (N, C, H, W), raw images (uint8 or float in [0, 1])
-    labels : Tensor, shape (N,), shared by every set
-    num_classes : int
-    every, until : int, record at steps 0, every, 2 * every, ... <= until
-    mean, std : normalisation of the model input
-    device, batch_size : for the forward passes (:data:`EVAL_BATCH`)
-    precision : "fp32" or "bf16" (autocast), as the training steps of the run
-
-    ``rows`` holds the table as columns (iteration, set, class, accuracy, fpr), saved in
-    checkpoints so that a resumed run keeps the rows recorded before the interruption. The
-    model is evaluated in eval mode (BatchNorm running statistics), then put back in train mode.
-    """
-
-    COLUMNS = ("iteration", "set", "class", "accuracy", "fpr")
-
-    def __init__(self, sets: dict[str, torch.Tensor], labels: torch.Tensor, num_classes: int, every: int, until: int,
-                 mean, std, device="auto", batch_size: int = EVAL_BATCH, precision: str = "fp32") -> None:
-        self.sets, self.labels, self.num_classes = sets, labels, num_classes
-        self.every, self.until, self.mean, self.std = every, until, mean, std
-        self.device, self.batch_size, self.precision = device, batch_size, precision
-        self.rows: dict[str, list] = {c: [] for c in self.COLUMNS}
-
-    def __call__(self, step: int, model: nn.Module) -> None:
-        if self.every <= 0 or step % self.every or step > self.until:
-            return
-        for name, images in self.sets.items():
-            r = evaluate(model, images, self.labels, self.num_classes, self.batch_size, self.device,
-                         mean=self.mean, std=self.std, precision=self.precision)
-            for c in range(self.num_classes):
-                for key, value in zip(self.COLUMNS, (step, name, c, float(r["per_class_acc"][c]), float(r["fpr"][c]))):
-                    self.rows[key].append(value)
-
-    def frame(self) -> pd.DataFrame:
-        return pd.DataFrame(self.rows, columns=list(self.COLUMNS))
-
-
-def learned_first(
-    tracking: pd.DataFrame,
-    threshold: float = 0.8,
-    *,
-    set: str = "test",
-    max_fpr: float | None = 0.1,
-    sustained: bool = False,
-) -> pd.DataFrame:
-    """The iteration at which each class is first learned.
-
-    Definition: the first recorded iteration ``t`` at which the class's accuracy on the
-    tracking set ``set`` is at least ``threshold`` and, when ``max_fpr`` is given, at most
-    ``max_fpr`` of the other classes' images are predicted as this class. The FPR condition
-    keeps a class from counting as learned while the model simply predicts it for
-    everything (early in training one class often gets 100 % accuracy that way). With
-    ``sustained=True`` the conditions must also hold at every later recorded iteration.
-    A class never learned within the record gets NaN.
-
-    Parameters
-    ----------
-    tracking : DataFrame with columns iteration, set, class, accuracy, fpr (and
-        optionally ``seed``, one group per seed)
-
-    Returns
-    -------
-    DataFrame with columns ``class``, ``iteration`` (float, NaN if never) and ``seed``
-    when the input has one.
-    """
-    df = tracking[tracking["set"] == set]
-    if df.empty:
-        raise ValueError(f"no tracking rows for set {set!r}; sets present: {sorted(tracking['set'].unique())}")
-    keys = ["seed", "class"] if "seed" in df.columns else ["class"]
-    ok = df["accuracy"] >= threshold
-    if max_fpr is not None:
-        ok &= df["fpr"] <= max_fpr
-    df = df.assign(ok=ok).sort_values(keys + ["iteration"])
-    out = []
-    for key, group in df.groupby(keys, sort=True):
-        flags = group["ok"].to_numpy()
-        if sustained:  # holds from here to the end: reverse cumulative AND
-            flags = np.logical_and.accumulate(flags[::-1])[::-1]
-        hit = np.flatnonzero(flags)
-        key = key if isinstance(key, tuple) else (key,)
-        out.append((*key, float(group["iteration"].to_numpy()[hit[0]]) if hit.size else math.nan))
-    return pd.DataFrame(out, columns=keys + ["iteration"])
-
-
-def learned_first_summary(first: pd.DataFrame) -> pd.DataFrame:
-    """Mean +- std over seeds of :func:`learned_first` (seeds where the class was never
-    learned are left out of the mean and counted in ``n_never``); std is the sample std."""
-    g = first.groupby("class")["iteration"]
-    return pd.DataFrame({"mean": g.mean(), "std": g.std(), "n_seeds": g.size(),
-                         "n_never": g.apply(lambda s: int(s.isna().sum()))}).reset_index()
-
-
-# --------------------------------------------------------------------------- training
 def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7_919 + 17) % (2**63)
 
@@ -538,11 +280,23 @@ class Trainer:
 
     Use :meth:`fit`; :meth:`state_dict` / :meth:`load_state_dict` checkpoint everything a
     resumed run needs (model, optimiser, scheduler, counters, history, tracking rows).
+
+    Several processes (``torchrun``, :mod:`fslib.distributed`): every rank draws the same global
+    batch and its augmentation from the same generator and trains on its share of it
+    (``batch_size / world_size`` images) with DistributedDataParallel, BatchNorm normalising over
+    the global batch; the averaged gradients are those of the whole batch, so the run equals a
+    single-process run of the same config up to the order of floating-point sums. Tracking runs
+    on rank 0 only; validation on every rank (the plateau scheduler must step alike).
     """
 
-    def __init__(self, cfg: TrainConfig, data: TrainData, device="auto", hooks: Sequence[Hook] = (), progress: bool = True):
+    def __init__(self, cfg: TrainConfig, data: TrainData, device="auto", hooks: Sequence[Hook] = (), progress: bool = True,
+                 initial_state: dict[str, torch.Tensor] | None = None):
         self.cfg, self.data, self.progress = cfg, data, progress
-        self.device = resolve_device(device)
+        self.device = resolve_device(distributed.local_device(device))
+        self.rank, self.world_size = distributed.world()
+        if cfg.batch_size % self.world_size:
+            raise ValueError(f"batch_size={cfg.batch_size} must be a multiple of the {self.world_size} processes "
+                             "(each trains on an equal share of every global batch)")
         self.mean, self.std = normalization(cfg.dataset)
         n = len(data.train)
         self.steps_per_epoch = n // cfg.batch_size  # full batches only: BatchNorm needs > 1 image
@@ -554,21 +308,85 @@ class Trainer:
         with deterministic(), self._own_rng():
             torch.manual_seed(cfg.seed)
             self.model = models.build(cfg.model, data.num_classes, width=cfg.width).to(self.device)
+        if (cfg.init_from is None) != (initial_state is None):
+            raise ValueError(f"init_from={cfg.init_from!r} needs the starting run's model state (initial_state), "
+                             "and initial_state needs init_from: fslib.runs.get_or_train passes both")
+        if initial_state is not None:
+            self._start_from(initial_state)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+        self.frozen = self._freeze()
+        self.net = self._distribute()  # what the training step calls: the model, or its DDP wrapper
+        self.optimizer = torch.optim.SGD(self._param_groups(), lr=cfg.lr, momentum=cfg.momentum,
                                          nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
         self.scheduler = self._make_scheduler()
         self.epoch = 0  # epochs completed
         self.step = 0   # optimiser steps completed
         self.history: list[dict[str, float]] = []
         self.recorder: TrackingRecorder | None = None
-        if cfg.track_every > 0:
+        if cfg.track_every > 0 and distributed.is_main():
             sets = {name: track_set(name, data.test) for name in cfg.track_sets}
             self.recorder = TrackingRecorder(sets, data.test.labels, data.num_classes, cfg.track_every,
                                              cfg.track_until, self.mean, self.std, self.device,
                                              precision=cfg.precision)
         self.hooks = ([self.recorder] if self.recorder else []) + list(hooks)
+
+    def _matching(self, prefixes: Sequence[str], what: str) -> set[str]:
+        """Parameter and buffer names under the given prefixes; a prefix matching nothing is an error."""
+        names = list(self.model.state_dict())
+        chosen = set()
+        for prefix in prefixes:
+            hit = {n for n in names if n == prefix or n.startswith(prefix + ".")}
+            if not hit:
+                tops = sorted({n.split(".")[0] for n in names})
+                raise ValueError(f"{what} prefix {prefix!r} matches no parameter of {self.cfg.model}; "
+                                 f"valid blocks: {', '.join(tops)}")
+            chosen |= hit
+        return chosen
+
+    def _start_from(self, state: dict[str, torch.Tensor]) -> None:
+        """Load the starting run's weights, except the ``reinit`` blocks (they keep this run's seeded init)."""
+        fresh = self._matching(self.cfg.reinit, "reinit")
+        own = self.model.state_dict()
+        if set(state) != set(own):
+            raise ValueError(f"init_from={self.cfg.init_from!r} holds another architecture: its state has "
+                             f"{len(state)} entries, {self.cfg.model} x{self.cfg.width:g} has {len(own)}")
+        self.model.load_state_dict({k: (own[k] if k in fresh else v) for k, v in state.items()})
+
+    def _freeze(self) -> list[nn.Module]:
+        """Freeze every parameter outside ``cfg.trainable``; return the modules that are entirely frozen
+        (they stay in eval mode while training, so their BatchNorm statistics do not move either)."""
+        if not self.cfg.trainable:
+            return []
+        keep = self._matching(self.cfg.trainable, "trainable")
+        for name, p in self.model.named_parameters():
+            p.requires_grad_(name in keep)
+        return [m for m in self.model.modules()  # modules with weights or statistics of their own, none trainable
+                if (list(m.parameters(recurse=False)) or list(m.buffers(recurse=False)))
+                and not any(p.requires_grad for p in m.parameters(recurse=False))]
+
+    def _distribute(self) -> nn.Module:
+        """Alone: the model. Under torchrun: BatchNorm over the global batch, wrapped in DDP."""
+        if self.world_size == 1:
+            return self.model
+        self.model = distributed.sync_batchnorm(self.model, self.device)
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+
+    def _param_groups(self) -> list[dict[str, Any]]:
+        """The optimiser's parameter groups: one at ``cfg.lr``, one per ``cfg.lr_scale`` entry at
+        ``lr x multiplier`` (frozen parameters in none; a parameter under two prefixes is an error)."""
+        scale_of: dict[str, float] = {}
+        for prefix, factor in self.cfg.lr_scale:
+            for name in self._matching([prefix], "lr_scale"):
+                if name in scale_of:
+                    raise ValueError(f"lr_scale prefixes overlap at {name!r}: give each parameter one multiplier")
+                scale_of[name] = factor
+        groups: dict[float, list[nn.Parameter]] = {1.0: []}
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                groups.setdefault(scale_of.get(name, 1.0), []).append(p)
+        return [{"params": ps, "lr": self.cfg.lr * f} for f, ps in groups.items() if ps]
 
     def _own_rng(self):
         """Seed torch's global generators inside without changing the caller's RNG state."""
@@ -581,7 +399,8 @@ class Trainer:
             return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=cfg.plateau_factor,
                                                               patience=cfg.plateau_patience)
         if cfg.scheduler == "onecycle":
-            return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=self.total_steps)
+            return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups],
+                                                       total_steps=self.total_steps)
         if cfg.scheduler == "cosine":
             return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.total_steps)
         return None
@@ -622,6 +441,8 @@ class Trainer:
         order = torch.randperm(len(self.data.train), generator=gen)
         images, labels = self.data.train.images, self.data.train.labels
         model.train()
+        for m in self.frozen:
+            m.eval()
         loss_sum, correct, seen = 0.0, 0, 0
         for b in range(self.steps_per_epoch):
             if self.step >= self.total_steps:
@@ -630,12 +451,16 @@ class Trainer:
             y = labels[idx]
             x = aug.augment_batch(images[idx], y, gen, kind=cfg.augment, extra=cfg.extra_augment, pad=cfg.pad,
                                   scale=tuple(cfg.crop_scale), chunk=cfg.extra_augment_chunk)
-            x, y = aug.normalize(x.to(self.device), self.mean, self.std), y.to(self.device)
+            x, y = normalize(x.to(self.device), self.mean, self.std), y.to(self.device)
+            if cfg.input_augment != "none":
+                x = aug.input_augment(x, y, cfg.input_augment, gen, dict(cfg.input_augment_options))
+            if self.world_size > 1:  # every rank drew the whole batch (same generator state); train on a share
+                share = cfg.batch_size // self.world_size
+                x, y = x[self.rank * share : (self.rank + 1) * share], y[self.rank * share : (self.rank + 1) * share]
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-                logits = model(x)
-                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+                loss, logits = OBJECTIVES[cfg.objective](self.net, x, y, cfg, gen)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -649,6 +474,9 @@ class Trainer:
             bar.set_postfix(epoch=self.epoch + 1, loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
             for hook in self.hooks:
                 hook(self.step, model)
+        if self.world_size > 1:  # the epoch's statistics of the whole global batches
+            totals = distributed.all_reduce_sum(torch.tensor([loss_sum, correct, seen], dtype=torch.float64))
+            loss_sum, correct, seen = float(totals[0]), int(totals[1]), int(totals[2])
         return {"train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1), "iterations": seen // cfg.batch_size}
 
     def fit(self, on_epoch_end: Callable[["Trainer"], None] | None = None) -> "Trainer":
@@ -656,7 +484,7 @@ class Trainer:
         from tqdm.auto import tqdm
 
         cfg = self.cfg
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.progress, unit="it",
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.progress or self.rank > 0, unit="it",
                    desc=f"{cfg.model} x{cfg.width:g} on {cfg.dataset}")
         with deterministic(), self._own_rng(), bar:
             if self.step == 0:

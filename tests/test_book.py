@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import signal
 import subprocess
 import sys
-import tomllib
+import types
 from pathlib import Path
 
 import nbformat
 import pytest
+import tomllib
 import yaml
 
-from fslib import book, paths
+from fslib import artefacts, book, paths
+from fslib.book import chapters, runner
 from fslib.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +57,7 @@ def test_toc_lists_exactly_the_chapters_and_they_exist():
 
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=[c.stem for c in CHAPTERS])
 def test_chapter_is_a_jupytext_notebook_with_parameters_then_one_import_cell(chapter):
-    nb = book._read_notebook(chapter.path)
+    nb = chapters._read_notebook(chapter.path)
     assert nb.metadata["kernelspec"]["name"] == "python3"
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert "parameters" in code[0].metadata.get("tags", []), "first code cell must be tagged parameters"
@@ -72,7 +78,7 @@ def test_papermill_reads_every_parameter(chapter, caplog):
     comment it cannot parse (e.g. one holding ``=``) hides the line and logs a warning."""
     from papermill.translators import PythonTranslator
 
-    cell = book._parameters_cell(book._read_notebook(chapter.path), chapter.path)
+    cell = chapters._parameters_cell(chapters._read_notebook(chapter.path), chapter.path)
     with caplog.at_level("WARNING", logger="papermill"):
         seen = [p.name for p in PythonTranslator.inspect(cell)]
     assert seen == list(book.chapter_parameters(chapter)), caplog.text
@@ -82,7 +88,8 @@ def test_papermill_reads_every_parameter(chapter, caplog):
 def test_parameters_cell_must_hold_literals(tmp_path):
     bad = tmp_path / "01_bad.md"
     bad.write_text(
-        "---\njupytext:\n  text_representation:\n    extension: .md\n    format_name: myst\nkernelspec:\n  name: python3\n  display_name: Python 3\n---\n"
+        "---\njupytext:\n  text_representation:\n    extension: .md\n    format_name: myst\n"
+        "kernelspec:\n  name: python3\n  display_name: Python 3\n---\n"
         "```{code-cell} python\n:tags: [parameters]\nn = len([1])\n```\n"
     )
     with pytest.raises(book.UsageError, match="not a plain literal"):
@@ -158,7 +165,7 @@ def test_environment_yml_agrees_with_pyproject():
     minimum = pyproject["project"]["requires-python"].removeprefix(">=")
     assert tuple(map(int, python.split("=")[1].split("."))) >= tuple(map(int, minimum.split(".")))
     names = " ".join(pyproject["project"]["dependencies"] + extras["book"])
-    for required in ("torch", "torchvision", "numpy", "matplotlib", "seaborn", "pandas", "tqdm",
+    for required in ("torch", "torchvision", "numpy", "matplotlib", "pandas", "tqdm",
                      "jupyter-book==1.0.4.post1", "papermill", "jupytext", "ipykernel",
                      "sphinx-mathjax-offline", "sphinxcontrib-bibtex"):
         assert required in names, required
@@ -201,9 +208,176 @@ def test_papermill_runs_a_notebook_over_ipc_and_shuts_the_kernel_down(tmp_path, 
                         "```{code-cell} python\nprint(x * 2)\n```\n", fmt="md:myst")
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     out = tmp_path / "out.ipynb"
-    book._papermill(nb, out, {"x": 21}, tmp_path)
+    runner._papermill(nb, out, {"x": 21}, tmp_path)
     executed = nbformat.read(out, as_version=4)
     assert executed.cells[-1].outputs[0]["text"] == "42\n"          # the injected parameter won
     assert len(managers) == 1 and managers[0].transport == "ipc"
     assert not managers[0].has_kernel                                 # not left running
+    sockets = Path(managers[0].ip).parent      # a private folder: two runs never share a socket ...
+    assert Path(managers[0].ip).is_absolute() and sockets.name.startswith("fslib-kernel-")
+    assert not sockets.exists() and not list(tmp_path.glob("kernel-ipc*"))  # ... and it is removed afterwards
+    folders = [runner._socket_folder(), runner._socket_folder()]
+    assert folders[0] != folders[1] and all(f.stat().st_mode & 0o777 == 0o700 for f in folders)
+    for f in folders:
+        f.rmdir()
     assert "without encryption" not in capfd.readouterr().err
+
+
+# --------------------------------------------------------------------------- bad input, damaged records, concurrency
+def test_cli_parameter_value_that_is_not_yaml(capsys):
+    code, err = _cli("run", "--profile", "smoke", "-p", "n_train=[1, 2", capsys=capsys)
+    assert code == 2 and "n_train=[1, 2" in err and "not a YAML value" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("text,message", [("chapters: {01_x: [1,\n", "is not valid YAML"),
+                                          ("- a\n- b\n", "must be a mapping .* not a list")])
+def test_broken_profile_file_is_named(tmp_path, monkeypatch, capsys, text, message):
+    shutil.copy(paths.profiles_dir() / "smoke.yml", tmp_path / "smoke.yml")
+    (tmp_path / "broken.yml").write_text(text)
+    monkeypatch.setattr(paths, "profiles_dir", lambda: tmp_path)
+    for args in (("profiles",), ("run", "--profile", "broken")):
+        code, err = _cli(*args, capsys=capsys)
+        assert code == 2 and re.search(re.escape(str(tmp_path / "broken.yml")) + " " + message, err), err
+
+
+@pytest.fixture
+def toy_book(tmp_path, monkeypatch):
+    """A one-chapter book in tmp_path (executed notebooks in tmp_path/executed), run with a fake papermill."""
+    chapter_path = tmp_path / "book" / "01_toy.md"
+    chapter_path.parent.mkdir()
+    chapter_path.write_text("---\njupytext:\n  text_representation:\n    format_name: myst\nkernelspec:\n"
+                            "  name: python3\n  display_name: Python 3\n---\n\n# Toy\n\n"
+                            "```{code-cell} python\n:tags: [parameters]\nx = 1\n```\n")
+    monkeypatch.setattr(paths, "executed_dir", lambda: tmp_path / "executed")
+    monkeypatch.setenv("FSLIB_CACHE", str(tmp_path / "cache"))
+    seen = []
+
+    def fake_papermill(nb, out, parameters, cwd):
+        seen.append(os.environ["FSLIB_CACHE"])
+        nbformat.write(nb, out)
+
+    monkeypatch.setattr(runner, "_papermill", fake_papermill)
+    chapter = book.Chapter(1, "01_toy", chapter_path)
+    plans = [book.Plan(chapter, {"x": 1}, {})]
+    return types.SimpleNamespace(chapter=chapter, plans=plans, executions=seen, run=lambda log: book.run_chapters(
+        plans, "smoke", log=log))
+
+
+def test_damaged_cached_notebook_and_run_records_are_rebuilt(toy_book, tmp_path):
+    logs = []
+    toy_book.run(logs.append)
+    cached = tmp_path / "cache" / "executed" / "smoke" / "01_toy.ipynb"
+    assert len(toy_book.executions) == 1 and (cached.parent / "01_toy.ipynb.sha256").exists()
+    cached.write_text(cached.read_text()[:100])  # truncated: was NotJSONError at every later run
+    toy_book.run(logs.append)
+    assert len(toy_book.executions) == 2 and any("01_toy.ipynb is damaged" in m and "executing" in m for m in logs)
+    assert (cached.parent / "01_toy.ipynb.damaged").exists() and artefacts.verify(cached)
+    records = tmp_path / "executed" / "runs.json"
+    records.write_text(records.read_text()[:30])  # truncated: was a failure after the chapter had run
+    toy_book.run(logs.append)
+    assert len(toy_book.executions) == 2 and any("runs.json is damaged" in m and "rebuilt" in m for m in logs)
+    assert book.read_run_records()["01_toy"]["profile"] == "smoke" and artefacts.verify(records)
+    assert not list((tmp_path / "executed").glob(".*.running.ipynb"))
+
+
+def test_a_relative_cache_means_the_same_folder_in_the_kernel(toy_book, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FSLIB_CACHE", "relative/cache")
+    monkeypatch.setenv("FSLIB_DATA", "../data")
+    toy_book.run(lambda m: None)
+    assert toy_book.executions == [str(tmp_path / "relative" / "cache")]  # what the kernel (cwd book/) sees
+    assert os.environ["FSLIB_DATA"] == str(tmp_path.parent / "data")
+    assert (tmp_path / "relative" / "cache" / "executed" / "smoke" / "01_toy.ipynb").exists()
+
+
+def test_ctrl_c_removes_the_partial_notebook_and_shuts_the_kernel_down(tmp_path, monkeypatch):
+    import papermill
+    from jupyter_client.manager import KernelManager
+
+    managers, folders = [], []
+    real_init, real_folder = KernelManager.__init__, runner._socket_folder
+    monkeypatch.setattr(KernelManager, "__init__", lambda self, *a, **k: real_init(self, *a, **k) or managers.append(self))
+    monkeypatch.setattr(runner, "_socket_folder", lambda: folders.append(real_folder()) or folders[-1])
+
+    def interrupted(nb, out, **kwargs):
+        Path(out).write_text("{}")  # papermill writes the notebook as it goes
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(papermill, "execute_notebook", interrupted)
+    out = tmp_path / ".01_x.running.ipynb"
+    with pytest.raises(KeyboardInterrupt):
+        runner._papermill(nbformat.v4.new_notebook(), out, {}, tmp_path)
+    assert not out.exists() and not managers[0].has_kernel
+    if folders:
+        assert not folders[0].exists()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_a_real_ctrl_c_during_a_long_cell_stops_the_chapter_at_once(tmp_path):
+    import threading
+    import time
+
+    import jupytext
+
+    marker = tmp_path / "cell-started"
+    nb = jupytext.reads("```{code-cell} python\n:tags: [parameters]\nx = 1\n```\n\n```{code-cell} python\n"
+                        f"import pathlib, time\npathlib.Path({str(marker)!r}).touch()\ntime.sleep(120)\n```\n",
+                        fmt="md:myst")
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+
+    def press_ctrl_c():
+        deadline = time.monotonic() + 60
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    out = tmp_path / ".01_x.running.ipynb"
+    threading.Thread(target=press_ctrl_c, daemon=True).start()
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):  # a blocking kernel client would sit out the 120 s cell
+        runner._papermill(nb, out, {}, tmp_path)
+    assert marker.exists() and time.monotonic() - start < 60 and not out.exists()
+
+
+def test_cli_ctrl_c_or_sigterm_prints_one_line(monkeypatch, capsys, tmp_path):
+    from fslib import cli
+
+    monkeypatch.setattr(book.lock, "lock_path", lambda: tmp_path / ".fslib.lock")
+    handlers = []
+
+    def interrupted(*args, **kwargs):
+        handlers.append(signal.getsignal(signal.SIGTERM))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(book, "run_chapters", interrupted)
+    before = signal.getsignal(signal.SIGTERM)
+    code, err = _cli("run", "--profile", "smoke", "--chapter", str(CHAPTERS[0].number), capsys=capsys)
+    assert code == 130 and [line for line in err.splitlines() if line] == [err.strip()] and "Ctrl-C" in err
+    assert handlers == [cli._raise_interrupt]  # while running, a SIGTERM cleans up as Ctrl-C does
+    assert signal.getsignal(signal.SIGTERM) is before  # and the handler is put back
+
+
+def test_a_second_run_in_the_same_checkout_is_refused_naming_the_first(tmp_path, monkeypatch, capsys):
+    lock_file = tmp_path / ".fslib.lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import importlib.util, sys, time; from pathlib import Path\n"
+         "spec = importlib.util.spec_from_file_location('lock', 'fslib/book/lock.py')  # no torch: starts fast\n"
+         "lock = importlib.util.module_from_spec(spec); spec.loader.exec_module(lock)\n"
+         "lock.lock_path = lambda: Path(sys.argv[1])\n"
+         "with lock.checkout_lock('fslib run --profile default'):\n    print('held', flush=True); time.sleep(60)\n",
+         str(lock_file)], stdout=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        monkeypatch.setattr(book.lock, "lock_path", lambda: lock_file)
+        monkeypatch.setattr(book, "run_chapters", lambda *a, **k: pytest.fail("ran while another run holds the lock"))
+        code, err = _cli("run", "--profile", "smoke", "--chapter", str(CHAPTERS[0].number), capsys=capsys)
+        assert code == 1 and f"pid {holder.pid}" in err and "fslib run --profile default" in err and str(lock_file) in err
+        code, err = _cli("build", capsys=capsys)
+        assert code == 1 and f"pid {holder.pid}" in err
+    finally:
+        holder.kill()
+        holder.wait()
+    assert str(holder.pid) in lock_file.read_text()  # a killed holder leaves a stale lock file ...
+    with book.checkout_lock("fslib run --profile smoke"):  # ... which is no obstacle
+        assert f'"pid": {os.getpid()}' in lock_file.read_text()
+    assert lock_file.read_text() == ""

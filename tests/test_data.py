@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from fslib import constants as K
-from fslib import data
+from fslib import data, synthetic
 from fslib.io import sha256_file
 
 _REPO = Path(__file__).resolve().parents[1]
@@ -96,13 +96,13 @@ def env(fixtures, tmp_path, monkeypatch) -> Path:
 def decodes(monkeypatch) -> list:
     """Record every call of the decoder."""
     calls: list = []
-    real = data._decode
+    real = data.cache._decode
 
     def spy(blob, size):
         calls.append(size)
         return real(blob, size)
 
-    monkeypatch.setattr(data, "_decode", spy)
+    monkeypatch.setattr(data.cache, "_decode", spy)
     return calls
 
 
@@ -111,7 +111,7 @@ def decodes(monkeypatch) -> list:
 
 def test_registry_lists_every_dataset_and_unknown_names_fail():
     expected = {"syn_b1", "syn_b2", "syn_b3", "syn_b4", "cifar10", "imagenette", "imagenet10",
-                "imagenet10_samples", "cue_conflict", "edges", "silhouettes", "imagenet_sct"}
+                "imagenet10_samples", "cue_conflict", "edges", "silhouettes", "imagenet_sct", "cifar10_skew"}
     assert set(data.DATASETS) == expected
     with pytest.raises(ValueError, match="unknown dataset 'cifar100'.*cifar10.*imagenet_sct"):
         data.load("cifar100")
@@ -136,12 +136,8 @@ def test_bad_arguments_name_the_value_and_the_valid_ones(kwargs, message):
 
 def test_synthetic_names_dispatch_to_fslib_synthetic(monkeypatch):
     calls = []
-    fake = types.ModuleType("fslib.synthetic")
-    fake.load_labeled = lambda name, split, n=None, seed=0: calls.append((name, split, n, seed)) or "sentinel"
-    monkeypatch.setitem(sys.modules, "fslib.synthetic", fake)
-    import fslib
-
-    monkeypatch.setattr(fslib, "synthetic", fake, raising=False)
+    fake = lambda name, split, n=None, seed=0: calls.append((name, split, n, seed)) or "sentinel"  # noqa: E731
+    monkeypatch.setattr(synthetic, "load_labeled", fake)
     assert data.load("syn_b3", "test", n=40, seed=7) == "sentinel"
     assert data.load("syn_b1") == "sentinel"
     assert calls == [("syn_b3", "test", 40, 7), ("syn_b1", "train", None, 0)]
@@ -181,7 +177,7 @@ def test_second_load_reads_the_cache_without_decoding(env, decodes, monkeypatch)
     first = data.load("cifar10", "test", progress=False)
     n_first = len(decodes)
     hashes = []
-    monkeypatch.setattr(data, "sha256_file", lambda p: hashes.append(p) or sha256_file(p))
+    monkeypatch.setattr(data.sources, "sha256_file", lambda p: hashes.append(p) or sha256_file(p))
     again = data.load("cifar10", "test", progress=False)
     assert n_first == 40 and len(decodes) == 40 and hashes == []  # no decode, no re-hash
     assert torch.equal(first.images, again.images) and first.extra["cache"] == again.extra["cache"]
@@ -191,7 +187,7 @@ def test_second_load_reads_the_cache_without_decoding(env, decodes, monkeypatch)
 
 
 def test_interrupted_preparation_leaves_no_cache(env, monkeypatch):
-    real = data._decode
+    real = data.cache._decode
     calls = []
 
     def failing(blob, size):
@@ -200,12 +196,12 @@ def test_interrupted_preparation_leaves_no_cache(env, monkeypatch):
             raise KeyboardInterrupt("simulated interruption")
         return real(blob, size)
 
-    monkeypatch.setattr(data, "_decode", failing)
+    monkeypatch.setattr(data.cache, "_decode", failing)
     with pytest.raises(KeyboardInterrupt):
         data.load("cifar10", "test", progress=False)
     prepared = Path(os.environ["FSLIB_CACHE"]) / "prepared"
     assert [p.name for p in prepared.iterdir() if p.is_dir()] == []  # no cache, no temporary folder
-    monkeypatch.setattr(data, "_decode", real)
+    monkeypatch.setattr(data.cache, "_decode", real)
     final = Path(data.load("cifar10", "test", progress=False).extra["cache"])
     # a process killed mid-preparation leaves its temporary folder: the next preparation removes it
     shutil.rmtree(final)
@@ -467,7 +463,7 @@ def test_edges_and_silhouettes_default_to_the_mapped_classes(env):
 def test_status_reports_found_checksum_and_prepared(env, tmp_path, monkeypatch):
     data.load("cifar10", "test", progress=False)
     rows = {r["name"]: r for r in data.status()}
-    assert set(rows) == set(data.DATASETS) - {"syn_b1", "syn_b2", "syn_b3", "syn_b4"}
+    assert set(rows) == set(data.DATASETS) - {"syn_b1", "syn_b2", "syn_b3", "syn_b4", "cifar10_skew"}  # derived on load
     assert rows["cifar10"]["found"] and rows["cifar10"]["sha256_ok"] is True
     assert rows["cifar10"]["prepared"] == ["test@32"]
     assert not rows["imagenet10"]["found"] and "FSLIB_IMAGENET10" in rows["imagenet10"]["error"]
@@ -499,3 +495,130 @@ def test_archive_test_order_is_the_official_one():
                       for k in range(6)]
             assert int(np.argmin(errors)) == seen[label] and errors[seen[label]] < 12
             seen[label] += 1
+
+
+# ------------------------------------------------------------------ damaged caches, damaged archives, full disks
+
+
+def test_damaged_prepared_cache_is_named_set_aside_and_prepared_again(env, decodes):
+    from fslib.cli import main
+
+    first = data.load("cifar10", "test", progress=False)
+    folder = Path(first.extra["cache"])
+    original = first.images.clone()
+    images = folder / "images.npy"
+    blob = bytearray(images.read_bytes())
+    blob[-5] ^= 0xFF  # one modified pixel, same size
+    images.write_bytes(bytes(blob))
+    rows = {r["name"]: r for r in data.status()}
+    assert rows["cifar10"]["prepared"] == [] and rows["cifar10"]["damaged"] == ["test@32"]
+    assert "test@32 DAMAGED" in data.format_status(list(rows.values()))
+    with pytest.warns(data.ArtefactWarning, match=re.escape(str(images)) + r" is unusable .*sha256.*prepared again"):
+        again = data.load("cifar10", "test", progress=False)
+    assert torch.equal(again.images, original) and len(decodes) == 80
+    assert (folder.parent / (folder.name + ".damaged") / "images.npy").exists()
+    # truncated: was "mmap length is greater than file size" naming no file; `data prepare` repairs it
+    images.write_bytes(images.read_bytes()[:1000])
+    with pytest.warns(data.ArtefactWarning, match="images.npy is unusable"):
+        assert main(["data", "prepare", "cifar10"]) == 0
+    assert torch.equal(data.load("cifar10", "test", progress=False).images, original)
+
+
+def test_preparation_made_before_digests_is_checked_and_adopted(env, decodes):
+    folder = Path(data.load("cifar10", "test", progress=False).extra["cache"])
+    (folder / "SHA256SUMS").unlink()
+    data.load("cifar10", "test", progress=False)
+    assert len(decodes) == 40 and (folder / "SHA256SUMS").exists()  # adopted, not decoded again
+    (folder / "SHA256SUMS").unlink()
+    labels = folder / "labels.npy"
+    labels.write_bytes(labels.read_bytes()[:200])  # truncated before digests existed: the structure check sees it
+    with pytest.warns(data.ArtefactWarning, match="labels.npy is unusable"):
+        data.load("cifar10", "test", progress=False)
+    assert len(decodes) == 80
+
+
+def test_damaged_sha256_records_are_ignored(env, decodes):
+    data.load("cifar10", "test", progress=False)
+    records = Path(os.environ["FSLIB_CACHE"]) / "prepared" / "verified_sha256.json"
+    records.write_text(records.read_text()[:25])  # truncated: was a raw JSONDecodeError on every load
+    assert len(data.load("cifar10", "test", progress=False)) == 40
+    assert json.loads(records.read_text())  # hashed again and rewritten
+
+
+def member_data_offset(path: Path, name: str) -> int:
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo(name)
+    with open(path, "rb") as fh:
+        fh.seek(info.header_offset + 26)
+        n, m = np.frombuffer(fh.read(4), dtype="<u2")
+    return info.header_offset + 30 + int(n) + int(m) + info.file_size // 2
+
+
+def test_bit_rot_that_keeps_size_and_mtime_is_caught(env, tmp_path, monkeypatch):
+    rotten = tmp_path / "rotten"
+    rotten.mkdir()
+    archive = rotten / "cifar10_jpeg.zip"
+    shutil.copy2(env / "cifar10_jpeg.zip", archive)
+    monkeypatch.setenv("FSLIB_DATA", str(rotten))
+    data.status()  # hashed while intact: the record says "matches"
+    member = "test/cat/0002.jpg"
+    offset = member_data_offset(archive, member)
+    stat = archive.stat()
+    blob = bytearray(archive.read_bytes())
+    blob[offset] ^= 0x10
+    archive.write_bytes(bytes(blob))
+    os.utime(archive, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert archive.stat().st_size == stat.st_size and archive.stat().st_mtime_ns == stat.st_mtime_ns
+    # decoding trusts the remembered hash, but the member's CRC-32 catches it: named, not a raw BadZipFile
+    with pytest.raises(data.ArchiveCorrupt, match=re.escape(str(archive)) + f" is damaged: member {member}"):
+        data.load("cifar10", "test", progress=False)
+    # `data list` hashes every archive again: it does not say "ok"
+    rows = {r["name"]: r for r in data.status()}
+    assert rows["cifar10"]["sha256_ok"] is False and "MISMATCH" in data.format_status(list(rows.values()))
+
+
+def test_full_disk_names_the_folder_and_leaves_nothing_behind(env, monkeypatch):
+    import collections
+    import errno
+
+    prepared = Path(os.environ["FSLIB_CACHE"]) / "prepared"
+    usage = collections.namedtuple("usage", "total used free")
+    real_usage = shutil.disk_usage
+    monkeypatch.setattr(data.cache.shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 5000, 5000))
+    with pytest.raises(data.NotEnoughSpace, match=re.escape(str(prepared)) + r": it needs about [\d,]+ MB, 0 MB are free"):
+        data.load("cifar10", "test", progress=False)
+    assert [p.name for p in prepared.iterdir() if p.is_dir()] == []
+    monkeypatch.setattr(data.cache.shutil, "disk_usage", real_usage)
+    if not hasattr(os, "posix_fallocate"):
+        pytest.skip("no posix_fallocate on this system: the free-space check is the only guard")
+
+    def full(fd, offset, length):  # the disk filled up between the check and the allocation
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(data.cache.os, "posix_fallocate", full)
+    with pytest.raises(data.NotEnoughSpace, match="the disk filled up while preparing cifar10-test-32"):
+        data.load("cifar10", "test", progress=False)
+    assert [p.name for p in prepared.iterdir() if p.is_dir()] == []  # the temporary folder is gone
+
+
+def test_cli_rejects_resolution_zero(env, capsys):
+    from fslib.cli import main
+
+    assert main(["data", "prepare", "imagenette", "--resolution", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "resolution 0" in err and "valid: 32, 64, 112, 224" in err
+    assert not (Path(os.environ["FSLIB_CACHE"]) / "prepared").exists() or not any(
+        p.name.startswith("imagenette") for p in (Path(os.environ["FSLIB_CACHE"]) / "prepared").iterdir())
+def test_skewed_cifar10_is_derived_from_the_prepared_cifar10(env):
+    base = data.load("cifar10", "train", progress=False)
+    skewed = data.load("cifar10_skew", "train", options={"correlation": 0.5}, progress=False)
+    assert torch.equal(skewed.labels, base.labels) and skewed.name == "cifar10_skew"
+    carriers = skewed.extra["pattern"] >= 0
+    assert 0 < int(carriers.sum()) < len(base) and torch.equal(skewed.images[~carriers], base.images[~carriers])
+    assert torch.equal(data.load("cifar10_skew", "test", progress=False).images, data.load("cifar10", "test").images)
+    conflicting = data.skewed_test("cifar10_skew", "conflicting", progress=False)
+    assert bool((conflicting.extra["pattern"] != conflicting.labels).all())
+    with pytest.raises(ValueError, match="derived from 'cifar10'"):
+        data.prepare("cifar10_skew")
+    with pytest.raises(ValueError, match="takes no options"):
+        data.load("cifar10", "test", options={"correlation": 0.5})

@@ -4,14 +4,19 @@ threshold counts, symmetry, checkpoint / resume, the shortcut test and storage."
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from fourier_probe import FREQS, probe_subject, uint8_set
 
 from fslib import dfm
+from fslib.constants import normalization
+from fslib.dfm.shortcut_test import _null_masks
+from fslib.inference import Classifier
 from fslib.spectral import (
     conjugate_index,
     conjugate_mirror,
@@ -253,9 +258,44 @@ def test_bad_inputs_name_the_problem():
     with pytest.raises(ValueError, match="labels must lie"):
         dfm.ablation_loss(model, images, labels + 1, 3, progress=False)
     with pytest.raises(ValueError, match=r"classes \[3\] have no images"):
-        dfm.ablation_loss(model, images, labels, 4, progress=False)
+        dfm.ablation_loss(TinyNet(num_classes=4).double(), images, labels, 4, progress=False)
     with pytest.raises(ValueError, match="float tensor"):
         dfm.ablation_loss(model, images.to(torch.uint8), labels, 3, progress=False)
+
+
+def test_num_classes_that_is_not_the_models_output_count_is_named():
+    model = TinyNet().double()  # 3 outputs
+    images, labels = data(8, 8)
+    # was "classes [3] have no images" / an internal "Target 3 is out of bounds"
+    for call in (lambda n: dfm.ablation_loss(model, images, labels, n, progress=False),
+                 lambda n: dfm.class_losses(model, images, labels, n),
+                 lambda n: dfm.ablation_loss(model, images, labels % n, n, progress=False)):
+        for n in (2, 4):
+            with pytest.raises(ValueError, match=rf"logits of shape \(\d+, 3\) .* but num_classes={n}: .*outputs \(3\)"):
+                call(n)
+    with pytest.raises(ValueError, match=r"dfms holds 2 class maps"):
+        dfm.evaluate_dfms(model, images, labels % 2, torch.ones(2, 8, 8, dtype=torch.bool), n_boot=0, n_null=0,
+                          progress=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.bfloat16])
+def test_images_in_another_dtype_than_the_model_are_named(dtype):
+    images, labels = data(8, 8, dtype=dtype)
+    with pytest.raises(TypeError, match=f"images are {dtype} but the model's parameters are torch.float64"):
+        dfm.ablation_loss(TinyNet().double(), images, labels, 3, progress=False)
+    with pytest.raises(TypeError, match=f"images are {dtype} but the model's parameters are torch.float64"):
+        dfm.evaluate_dfms(TinyNet().double(), images, labels, torch.ones(3, 8, 8, dtype=torch.bool), progress=False)
+
+
+def test_a_nan_pixel_is_an_error_not_nan_maps():
+    images, labels = data(8, 8)
+    images[4, 1, 2, 3] = float("nan")
+    images[6, 0, 0, 0] = float("inf")
+    for call in (lambda: dfm.ablation_loss(TinyNet().double(), images, labels, 3, progress=False),
+                 lambda: dfm.class_losses(TinyNet().double(), images, labels, 3),
+                 lambda: dfm.evaluate_dfms(TinyNet().double(), images, labels, torch.ones(3, 8, 8, dtype=torch.bool))):
+        with pytest.raises(ValueError, match=r"2 NaN or infinite values \(first in image 4\)"):
+            call()
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -279,6 +319,16 @@ def test_checkpoint_resume_gives_identical_maps(tmp_path):
     model.fail_after, model.calls = 0, 0
     again = dfm.ablation_loss(model, images, labels, 3, device="cpu", progress=False, checkpoint=ckpt)
     assert torch.equal(again, full)
+
+
+def test_damaged_checkpoint_is_set_aside_and_the_ablation_restarts(tmp_path):
+    images, labels = data(8, 8)
+    ckpt = tmp_path / "abl.npz"
+    full = dfm.ablation_loss(TinyNet().double(), images, labels, 3, device="cpu", progress=False, checkpoint=ckpt)
+    ckpt.write_bytes(ckpt.read_bytes()[:300])  # truncated: was a BadZipFile naming no file
+    with pytest.warns(dfm.ArtefactWarning, match=r"abl\.npz is unusable .*moved to abl\.npz\.damaged"):
+        again = dfm.ablation_loss(TinyNet().double(), images, labels, 3, device="cpu", progress=False, checkpoint=ckpt)
+    assert torch.equal(again, full) and (tmp_path / "abl.npz.damaged").exists()
 
 
 def test_mismatched_checkpoint_is_an_error_naming_what_differs(tmp_path):
@@ -346,7 +396,7 @@ def test_null_masks_match_count_and_radial_profile(h, w):
     maps = torch.rand(1, h, w, generator=torch.Generator().manual_seed(3))
     d = dfm.dominant_frequency_maps(maps + conjugate_mirror(maps), 0.1)[0]
     d[h // 2, w // 2] = True  # include the self-conjugate DC
-    null = dfm._null_masks(d, 50, torch.Generator().manual_seed(0))
+    null = _null_masks(d, 50, torch.Generator().manual_seed(0))
     bins = radial_bins(h, w).flatten()
     want = torch.bincount(bins[d.flatten()], minlength=int(bins.max()) + 1)
     for m in null:
@@ -367,14 +417,6 @@ def test_iou_properties():
     assert dfm.iou(empty, empty).item() == 1.0
 
 
-def test_split_indices_partition_per_class():
-    labels = torch.arange(40) % 4
-    rank, score = dfm.split_indices(labels, 0.5, seed=0)
-    assert torch.equal(torch.sort(torch.cat([rank, score])).values, torch.arange(40))
-    assert torch.bincount(labels[rank]).tolist() == [5, 5, 5, 5]
-    assert not torch.equal(rank, dfm.split_indices(labels, 0.5, seed=1)[0])
-
-
 def test_save_and_load_round_trip_without_pickle(tmp_path):
     maps = torch.rand(3, 8, 8, dtype=torch.float64)
     dfms = {t: dfm.dominant_frequency_maps(maps, t) for t in (0.05, 0.2)}
@@ -387,13 +429,28 @@ def test_save_and_load_round_trip_without_pickle(tmp_path):
     assert torch.equal(saved.loss_maps, maps)
     assert set(saved.dfms) == {0.05, 0.2} and all(torch.equal(saved.dfms[t], dfms[t]) for t in dfms)
     assert saved.provenance == {**prov, "thresholds": [0.05, 0.2]}
+    path.write_bytes(path.read_bytes()[:500])
+    with pytest.raises(dfm.ArtefactDamaged, match=r"dfm\.npz is damaged: its sha256"):
+        dfm.load_dfms(path)
+    dfm.save_dfms(path, maps, dfms, prov)
+    (tmp_path / "dfm.npz.sha256").unlink()  # a file of your own, without a digest: a clear error all the same
+    path.write_bytes(path.read_bytes()[:500])
+    with pytest.raises(dfm.ArtefactDamaged, match=r"dfm\.npz is damaged: cannot be read \(BadZipFile"):
+        dfm.load_dfms(path)
 
 
-def test_config_defaults_are_the_papers():
+def test_config_defaults_are_the_papers_and_bad_values_are_named():
     cfg = dfm.DFMConfig()
-    assert cfg.top == 0.05 and cfg.thresholds == (0.01, 0.05, 0.10, 0.20) and cfg.rank_on == "same"
-    with pytest.raises(ValueError, match="rank_on"):
-        dfm.DFMConfig(rank_on="train")
+    assert cfg.top == 0.05 and cfg.thresholds == (0.01, 0.05, 0.10, 0.20) and cfg.method == "exact"
+    assert cfg.all_thresholds == (0.01, 0.05, 0.10, 0.20) and dfm.DFMConfig(top=0.3).all_thresholds[-1] == 0.3
+    for bad, match in [({"method": "magic"}, "unknown DFM method 'magic'; valid: exact"), ({"top": 2}, "top must"),
+                       ({"patch_size": 0}, "patch_size"), ({"n_null": -1}, "n_null"), ({"max_fpr": 1.5}, "max_fpr"),
+                       ({"thresholds": ()}, "thresholds"), ({"options": {"k": object()}}, "JSON")]:
+        with pytest.raises(ValueError, match=match):
+            dfm.DFMConfig(**bad)
+    with_k = dfm.DFMConfig(options={"k": 3})
+    assert with_k.option == {"k": 3} and with_k.ranking_key() != cfg.ranking_key()
+    assert hash(with_k) == hash(dfm.DFMConfig(options={"k": 3}))
 
 
 def test_plot_functions_draw_every_class():
@@ -422,20 +479,9 @@ def test_plot_functions_draw_every_class():
 
 
 # --------------------------------------------------------------------------- cached runs (chapter 4)
-class FakeRun:
-    """What run_dfms / run_shortcut_test / example_filtered use of an fslib.runs.Run."""
-
-    def __init__(self, path, model):
-        from fslib.train import TrainConfig
-
-        self.path, self.model = path, model
-        self.config = TrainConfig(dataset="cifar10")
-
-    def normalize(self, images):
-        from fslib import augment
-        from fslib.constants import normalization
-
-        return augment.normalize(images, *normalization("cifar10"))
+def FakeRun(path, model):
+    """A subject with the CIFAR-10 normalisation and a fixed cache key, as a trained run has."""
+    return Classifier(model, *normalization("cifar10"), class_names=("a", "b", "c"), key=Path(path).name)
 
 
 def uint8_data(h, w, n=12, num_classes=3, seed=0):
@@ -454,23 +500,25 @@ def test_run_dfms_computes_once_and_derives_new_thresholds_from_the_loss_maps(ca
     model = TinyNet()
     run = FakeRun(tmp_path / "runs" / "tiny-cifar10-0123", model)
     images, labels = uint8_data(8, 8)
-    first = dfm.run_dfms(run, images, labels, thresholds=(0.05,), device="cpu", progress=False)
+    first = dfm.run_dfms(run, images, labels, config=dfm.DFMConfig(thresholds=(0.05,)), device="cpu", progress=False)
     direct = dfm.ablation_loss(model, run.normalize(images), labels, 3, device="cpu", progress=False)
     assert torch.allclose(first.loss_maps, direct, atol=1e-6)
     assert first.provenance["forwards"] == 34 * 12 and first.provenance["patch_size"] == 1
-    path = dfm.dfm_cache_path(run, images, labels, 1)
+    path = dfm.dfm_cache_path(run, images, labels, dfm.DFMConfig())
     assert path.exists() and not list(path.parent.glob("*.partial.npz"))
     model.fail_after, model.calls = 0, 0  # any forward from here on raises
-    again = dfm.run_dfms(run, images, labels, thresholds=(0.05,), device="cpu", progress=False)
+    again = dfm.run_dfms(run, images, labels, config=dfm.DFMConfig(thresholds=(0.05,)), device="cpu", progress=False)
     assert torch.equal(again.loss_maps, first.loss_maps) and torch.equal(again.dfms[0.05], first.dfms[0.05])
-    more = dfm.run_dfms(run, images, labels, thresholds=(0.05, 0.2), device="cpu", progress=False)
+    more = dfm.run_dfms(run, images, labels, config=dfm.DFMConfig(thresholds=(0.05, 0.2)), device="cpu",
+                        progress=False)
     assert torch.equal(more.dfms[0.2], dfm.dominant_frequency_maps(first.loss_maps, 0.2))
     assert more.provenance["thresholds"] == [0.05, 0.2] and more.provenance["seconds"] == first.provenance["seconds"]
     assert model.calls == 0
     other = images.clone()
     other[0, 0, 0, 0] ^= 1  # one pixel differs: another key
-    assert dfm.dfm_cache_path(run, other, labels, 1) != path
-    assert dfm.dfm_cache_path(run, images, labels, 2) != path
+    assert dfm.dfm_cache_path(run, other, labels) != path
+    assert dfm.dfm_cache_path(run, images, labels, dfm.DFMConfig(patch_size=2)) != path
+    assert dfm.dfm_cache_path(run, images, labels, dfm.DFMConfig(options={"k": 1})) != path
     with pytest.raises(TypeError, match="uint8"):
         dfm.run_dfms(run, images.float(), labels, progress=False)
 
@@ -480,18 +528,41 @@ def test_run_shortcut_test_is_evaluate_dfms_on_normalised_images_and_is_cached(c
     run = FakeRun(tmp_path / "runs" / "tiny-cifar10-0123", model)
     images, labels = uint8_data(8, 8, n=15)
     dfms = dfm.dominant_frequency_maps(torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(2)), 0.3)
-    kw = dict(n_boot=50, n_null=4, seed=1, device="cpu", progress=False)
+    config = dfm.DFMConfig(n_boot=50, n_null=4, seed=1)
+    kw = dict(config=config, device="cpu", progress=False)
     table = dfm.run_shortcut_test(run, images, labels, dfms, **kw)
-    direct = dfm.evaluate_dfms(model, run.normalize(images), labels, dfms, **kw)
+    direct = dfm.evaluate_dfms(model, run.normalize(images), labels, dfms, n_boot=50, n_null=4, seed=1, device="cpu",
+                               progress=False)
     pd_testing = pytest.importorskip("pandas.testing")
     pd_testing.assert_frame_equal(table, direct)
     model.fail_after, model.calls = 0, 0
     pd_testing.assert_frame_equal(dfm.run_shortcut_test(run, images, labels, dfms, **kw), direct)  # from the CSV
-    sweep = dfm.threshold_sweep(run, images, labels, {0.3: dfms}, **kw)
+    sweep = dfm.shortcut_test_sweep(run, images, labels, {0.3: dfms}, **kw)
     assert list(sweep.columns[:2]) == ["top", "class"] and (sweep["top"] == 0.3).all()
     assert model.calls == 0
     with pytest.raises(RuntimeError, match="simulated"):  # another seed is another key: computed anew
-        dfm.run_shortcut_test(run, images, labels, dfms, **{**kw, "seed": 2})
+        dfm.run_shortcut_test(run, images, labels, dfms, **{**kw, "config": config.with_(seed=2)})
+
+
+def test_damaged_dfm_cache_and_test_table_are_computed_again(cache, tmp_path):
+    model = TinyNet()
+    run = FakeRun(tmp_path / "runs" / "tiny-cifar10-0123", model)
+    images, labels = uint8_data(8, 8)
+    config = dfm.DFMConfig(thresholds=(0.05,), n_boot=20, n_null=2)
+    kw = dict(config=config, device="cpu", progress=False)
+    first = dfm.run_dfms(run, images, labels, **kw)
+    table = dfm.run_shortcut_test(run, images, labels, first.dfms[0.05], **kw)
+    path = dfm.dfm_cache_path(run, images, labels, config)
+    csv = next(path.parent.glob("*-test-*.csv"))
+    path.write_bytes(path.read_bytes()[:400])
+    csv.write_text(csv.read_text().replace("0.", "9.", 1))
+    with pytest.warns(dfm.ArtefactWarning) as caught:
+        again = dfm.run_dfms(run, images, labels, **kw)
+        table_again = dfm.run_shortcut_test(run, images, labels, again.dfms[0.05], **kw)
+    messages = " ".join(str(w.message) for w in caught)
+    assert f"{path} is unusable" in messages and f"{csv} is unusable" in messages and "computed again" in messages
+    assert torch.equal(again.loss_maps, first.loss_maps) and table_again.equals(table)
+    assert not list(path.parent.glob("*.partial.npz*"))  # the partial ranking and its record are removed
 
 
 def test_rank_score_split_is_disjoint_balanced_and_checked():
@@ -524,21 +595,6 @@ def test_planted_overlap_counts_and_chance_levels():
     assert abs(dfm.planted_overlap(random, tt)["precision"].mean() - table.loc["a", "precision_chance"]) < 0.01
 
 
-def test_planted_targets_follow_the_synthetic_design():
-    from fslib import synthetic
-    from fslib.spectral import band_mask
-
-    t = dfm.planted_targets("syn_b2")
-    assert t.shape == (4, 32, 32)
-    diag = torch.eye(32, dtype=torch.bool)
-    diag[16, 16] = False
-    assert torch.equal(t[0], diag)
-    assert int(t[2].sum()) == 8 and torch.equal(t[2], conjugate_mirror(t[2]))
-    band = band_mask(32, 32, 2)
-    assert torch.equal(t[3], band) and not (t[1] & t[3]).any()
-    assert torch.equal(t[1] | t[3] | torch.nn.functional.one_hot(torch.tensor(16 * 32 + 16), 1024).bool().reshape(32, 32),
-                       torch.ones(32, 32, dtype=torch.bool))
-    assert sorted(zip(*t[2].nonzero().T.tolist())) == synthetic.special_frequencies("syn_b2")[2]
 
 
 def test_dfm_profile_band_shares_radius_axes_and_reference():
@@ -595,7 +651,7 @@ def test_dfm_grid_targets_and_tpr_vs_threshold_plot():
     table = pd.DataFrame({"top": [0.01, 0.01, 0.05, 0.05], "class": [0, 1, 0, 1], "tpr": [0.1, 0.2, 0.5, 0.7],
                           "fpr": [0.0, 0.1, 0.1, 0.2], "null_tpr_p95": [0.05, 0.1, 0.2, 0.3]})
     fig2, ax = tpr_vs_threshold(table, class_names=["x", "y"])
-    lines = {l.get_label(): l for l in ax.get_lines()}
+    lines = {line.get_label(): line for line in ax.get_lines()}
     assert np.allclose(lines["mean TPR"].get_ydata(), [0.15, 0.6]) and list(lines["x"].get_xdata()) == [1.0, 5.0]
     for f in (fig, fig2):
         plt.close(f)
@@ -605,11 +661,11 @@ def test_shortcut_analysis_ranks_and_scores_on_disjoint_images(cache, tmp_path):
     model = TinyNet()
     run = FakeRun(tmp_path / "runs" / "tiny-cifar10-0123", model)
     images, labels = uint8_data(8, 8, n=30)
-    a = dfm.shortcut_analysis(run, images, labels, n_rank=9, n_score=12, top=0.1, thresholds=(0.2,), n_null=3,
-                              n_boot=20, seed=0, device="cpu", progress=False)
+    config = dfm.DFMConfig(top=0.1, thresholds=(0.2,), n_null=3, n_boot=20, seed=0)
+    a = dfm.shortcut_analysis(run, images, labels, n_rank=9, n_score=12, config=config, device="cpu", progress=False)
     rank, score = dfm.rank_score_split(labels, 9, 12, 0)
     assert torch.equal(a.rank, rank) and torch.equal(a.score, score)
-    assert set(a.saved.dfms) == {0.2, 0.1} and torch.equal(a.dfms, a.saved.dfms[0.1])
+    assert set(a.saved.dfms) == {0.2, 0.1} and torch.equal(a.dfms, a.saved.dfms[0.1]) and a.top == 0.1
     loss = dfm.ablation_loss(model, run.normalize(images[rank]), labels[rank], 3, device="cpu", progress=False)
     assert torch.allclose(a.saved.loss_maps, loss, atol=1e-6)
     direct = dfm.evaluate_dfms(model, run.normalize(images[score]), labels[score], a.dfms, n_null=3, n_boot=20,
@@ -635,21 +691,6 @@ def test_tpr_fpr_bars_draws_one_panel_per_table():
     plt.close(fig)
 
 
-@pytest.mark.parametrize("rows,verdict,strong", [
-    ([(0.9, 0.05, True), (0.7, 0.3, True)], "holds", [True, False]),
-    ([(0.5, 0.05, True), (0.9, 0.0, False)], "partly", [False, False]),
-    ([(0.95, 0.0, False), (0.1, 0.0, False)], "does not hold", [False, False]),
-    ([(0.6, 0.1, True)], "holds", [True]),  # both bounds inclusive
-])
-def test_shortcut_verdict_rules(rows, verdict, strong):
-    import pandas as pd
-
-    t = pd.DataFrame(rows, columns=["tpr", "fpr", "shortcut"])
-    got, flags = dfm.shortcut_verdict(t)
-    assert got == verdict and flags.tolist() == strong
-    assert dfm.shortcut_verdict(t, max_fpr=1.0)[1].tolist() == [r[2] and r[0] >= 0.6 for r in rows]
-
-
 def test_loss_map_grid_symlog_keeps_the_data_and_one_scale():
     import matplotlib
 
@@ -668,6 +709,31 @@ def test_loss_map_grid_symlog_keeps_the_data_and_one_scale():
     plt.close(fig)
 
 
+
+
+def test_rank_set_does_not_depend_on_the_scoring_size():
+    labels = torch.arange(300) % 10
+    assert torch.equal(dfm.rank_score_split(labels, 50, 20, 3)[0], dfm.rank_score_split(labels, 50, 200, 3)[0])
+
+
+def test_run_dfms_of_a_subject_finds_the_planted_frequencies_and_is_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("FSLIB_CACHE", str(tmp_path / "cache"))
+    images, labels = uint8_set(seed=4)
+    subject = probe_subject()
+    config = dfm.DFMConfig(top=0.05, thresholds=(2 / 64,))
+    saved = dfm.run_dfms(subject, images, labels, config=config, device="cpu", progress=False)
+    for k, (r, s) in enumerate(FREQS):
+        assert saved.dfms[2 / 64][k, r, s]  # the pair the class's logit reads is its top pair
+    assert saved.dfms[2 / 64].sum().item() == 4 * 2
+    monkeypatch.setitem(dfm.METHODS, "exact", lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))
+    again = dfm.run_dfms(subject, images, labels, config=dfm.DFMConfig(thresholds=(0.05,)), device="cpu",
+                         progress=False)
+    assert torch.equal(again.dfms[0.05], saved.dfms[0.05])
+    assert again.provenance["counts"] == [3, 3, 3, 3] and again.provenance["method"] == "exact"
+    with pytest.raises(TypeError, match="uint8"):
+        dfm.run_dfms(subject, images.float(), labels)
+
+
 def test_eval_block_restores_layout_hooks_and_mode():
     model = TinyNet().double().train()
     images, labels = data(8, 8, n=9)
@@ -679,8 +745,3 @@ def test_eval_block_restores_layout_hooks_and_mode():
     again = dfm.ablation_loss(cl, images, labels, 3, device="cpu", progress=False)
     assert cl.conv1.weight.is_contiguous(memory_format=torch.channels_last) and not cl.conv1.weight.is_contiguous()
     assert (again - out).abs().max() < 1e-10
-
-
-def test_rank_set_does_not_depend_on_the_scoring_size():
-    labels = torch.arange(300) % 10
-    assert torch.equal(dfm.rank_score_split(labels, 50, 20, 3)[0], dfm.rank_score_split(labels, 50, 200, 3)[0])

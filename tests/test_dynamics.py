@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from fslib import dynamics, train
+from fslib.inference import confusion_matrix
+from fslib.spectral import BAND_PAIRS
 
 
 def curves(acc, fpr=None, every=5, **keys):
@@ -58,16 +60,27 @@ def test_learned_at_matches_the_definition_on_random_curves(seed, tolerance, max
     want = brute_force(tracking, 0.7, tolerance, max_fpr, hold)
     assert len(got) == len(want)
     for row in got.itertuples():
-        w = want[(row.dataset, row.seed, getattr(row, "_3"))]
+        w = want[(row.dataset, row.seed, row._3)]
         assert (math.isnan(w) and math.isnan(row.iteration)) or w == row.iteration
 
 
+def _first_touch(tracking, threshold, max_fpr):
+    """The slow direct definition without persistence: first recorded iteration with
+    accuracy >= threshold and fpr <= max_fpr, per (seed, class); NaN if never."""
+    out = []
+    for (seed, c), g in tracking.groupby(["seed", "class"]):
+        g = g.sort_values("iteration")
+        ok = g[(g["accuracy"] >= threshold) & (g["fpr"] <= max_fpr)]
+        out.append((seed, c, float(ok["iteration"].iloc[0]) if len(ok) else math.nan))
+    return pd.DataFrame(out, columns=["seed", "class", "iteration"])
+
+
 @pytest.mark.parametrize("seed", range(3))
-def test_without_persistence_it_is_train_learned_first(seed):
+def test_without_persistence_it_is_the_first_touch_with_few_false_positives(seed):
     tracking = random_tracking(seed).drop(columns="dataset")
     ours = dynamics.learned_at(tracking, 0.6, tolerance=None, max_fpr=0.1)
-    theirs = train.learned_first(tracking, 0.6, max_fpr=0.1)
-    pd.testing.assert_frame_equal(ours.sort_values(["seed", "class"]).reset_index(drop=True),
+    theirs = _first_touch(tracking, 0.6, 0.1)
+    pd.testing.assert_frame_equal(ours.sort_values(["seed", "class"]).reset_index(drop=True)[list(theirs.columns)],
                                   theirs.sort_values(["seed", "class"]).reset_index(drop=True), check_dtype=False)
 
 
@@ -205,9 +218,9 @@ def test_bandstop_tables_over_runs(tiny_runs):
     assert set(means) == {"syn_b3"}
     np.testing.assert_allclose(means["syn_b3"], (results[("syn_b3", 0)]["delta"] + results[("syn_b3", 1)]["delta"]) / 2)
     table = dynamics.bandstop_accuracy_table(results)
-    assert len(table) == 2 * 7 * 4 and set(table["removed"]) == {"none"} | {f"B{j}+B{k}" for j, k in dynamics.BANDSTOP_PAIRS}
-    row = table.query("dataset == 'syn_b3' and seed == 0 and removed == 'B2+B4'")
-    want = results[("syn_b3", 0)]["acc_bandstop"][dynamics.BANDSTOP_PAIRS.index((2, 4))]
+    assert len(table) == 2 * 7 * 4 and set(table["removed"]) == {"none"} | {f"bandstop:{j},{k}" for j, k in BAND_PAIRS}
+    row = table.query("dataset == 'syn_b3' and seed == 0 and removed == 'bandstop:2,4'")
+    want = results[("syn_b3", 0)]["acc_bandstop"][BAND_PAIRS.index((2, 4))]
     np.testing.assert_allclose(row.sort_values("class")["accuracy"], want)
 
 
@@ -235,3 +248,18 @@ def test_plot_functions_draw_every_panel_and_reject_bad_shapes():
     with pytest.raises(ValueError, match="6 pairs"):
         plot.relative_confusion_grid({"syn_b1": np.zeros((5, 4, 4))})
     plt.close("all")
+
+
+def test_relative_confusion_matches_a_direct_count():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 3, (60,), generator=g)
+    p0, p1 = torch.randint(0, 3, (60,), generator=g), torch.randint(0, 3, (60,), generator=g)
+    conf = confusion_matrix(labels, p0, 3)
+    delta = dynamics.relative_confusion(p0, p1, labels, 3)
+    n = np.bincount(labels.numpy(), minlength=3)
+    expected = (confusion_matrix(labels, p1, 3) - conf) / n[:, None] * 100
+    assert np.allclose(delta, expected) and np.allclose(delta.sum(axis=1), 0)
+    acc_change = [((p1 == labels) & (labels == i)).sum() - ((p0 == labels) & (labels == i)).sum() for i in range(3)]
+    assert np.allclose(np.diag(delta), np.array(acc_change, dtype=float) / n * 100)
+    logits = torch.nn.functional.one_hot(p1, 3).float()
+    assert np.allclose(dynamics.relative_confusion(p0, logits, labels, 3), delta)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from fslib import book
-from fslib.htmlcheck import check_site, page_problems
+from fslib.book.htmlcheck import check_site, page_problems
 
 pytestmark = pytest.mark.html
 ROOT = Path(__file__).resolve().parents[1]

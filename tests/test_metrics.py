@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fslib import metrics, spectral
+from fslib import metrics, spectral, stability
 
 
 def _images_with_spectra(amps: torch.Tensor) -> torch.Tensor:
@@ -220,7 +220,7 @@ def test_stability_reference_equals_adcs(variant):
     g = torch.Generator().manual_seed(7)
     images = torch.randint(0, 256, (48, 3, 8, 8), dtype=torch.uint8, generator=g)
     labels = torch.arange(48) % 3
-    st = metrics.adcs_stability(images, labels, 3, variant, n_boot=5, seed=0, batch_size=10)
+    st = stability.adcs_stability(images, labels, 3, variant, n_boot=5, seed=0, batch_size=10)
     assert torch.equal(st.reference, metrics.adcs(images, labels, 3, variant))
     assert st.agreement.shape == (3, 8, 8)
     assert bool(((st.agreement >= 0) & (st.agreement <= 1)).all())
@@ -230,11 +230,11 @@ def test_stability_reference_equals_adcs(variant):
 def test_stability_is_one_without_within_class_variation_and_below_one_with_noise():
     images, labels, _ = _ranked_classes(per_class=1)
     same = images.repeat_interleave(6, dim=0)  # six identical copies per class
-    st = metrics.adcs_stability(same, labels.repeat_interleave(6), 4, n_boot=8, seed=0)
+    st = stability.adcs_stability(same, labels.repeat_interleave(6), 4, n_boot=8, seed=0)
     assert st.table["agree_all"].tolist() == [1.0] * 4
     g = torch.Generator().manual_seed(8)
     noisy = torch.rand(80, 3, 8, 8, generator=g)  # classes drawn from one distribution
-    st = metrics.adcs_stability(noisy, torch.arange(80) % 4, 4, n_boot=20, seed=0)
+    st = stability.adcs_stability(noisy, torch.arange(80) % 4, 4, n_boot=20, seed=0)
     assert float(st.table["agree_all"].max()) < 1.0
 
 
@@ -242,12 +242,12 @@ def test_stability_seeded_and_subset():
     g = torch.Generator().manual_seed(9)
     images = torch.rand(60, 3, 8, 8, generator=g)
     labels = torch.arange(60) % 3
-    a = metrics.adcs_stability(images, labels, 3, n_boot=6, seed=1, n_stability=10)
-    b = metrics.adcs_stability(images, labels, 3, n_boot=6, seed=1, n_stability=10)
+    a = stability.adcs_stability(images, labels, 3, n_boot=6, seed=1, n_stability=10)
+    b = stability.adcs_stability(images, labels, 3, n_boot=6, seed=1, n_stability=10)
     assert torch.equal(a.agreement, b.agreement) and a.table.equals(b.table)
     assert a.table["n_images"].tolist() == [10, 10, 10]
     with pytest.raises(ValueError, match="n_boot must be >= 1, got 0"):
-        metrics.adcs_stability(images, labels, 3, n_boot=0)
+        stability.adcs_stability(images, labels, 3, n_boot=0)
 
 
 def test_inside_reads_the_map_within_each_mask():

@@ -1,9 +1,13 @@
 """The shared training recipes: valid configs at every scale, one baseline shared by the
 chapters, the paper scale equal to the paper's recipe, and the default scale's budget choices."""
 
+import json
+from pathlib import Path
+
 import pytest
 
-from fslib import recipes, train
+from fslib import augment, models, recipes, train
+from fslib.runs import run_hash
 
 ARCHS = [("resnet18", "none"), ("resnet50", "none"), ("vgg16", "none"),
          ("resnet18", "autoaugment"), ("resnet18", "augmix"), ("resnet18", "ampswap")]
@@ -58,3 +62,35 @@ def test_describe_lists_only_departures_and_unknown_scale_fails():
     assert recipes.describe(recipes.cifar10(scale="paper")) == {"track_every": 50, "track_until": 1200, "track_sets": ["test"]}
     with pytest.raises(ValueError, match="smoke, default, paper"):
         recipes.cifar10(scale="fast")
+
+
+def test_every_recipe_keeps_its_run_hash():
+    """Cached models of a built book are reused, not retrained: every recipe config of every
+    scale hashes as it did when this table was recorded (before the library was reshaped)."""
+    recorded = json.loads((Path(__file__).parent / "data" / "recipe_hashes.json").read_text())
+    now = {}
+    for scale in recipes.SCALES:
+        for d in ("syn_b1", "syn_b2", "syn_b3", "syn_b4"):
+            for seed in range(5):
+                now[f"synthetic/{d}/seed{seed}/{scale}"] = run_hash(recipes.synthetic(d, seed=seed, scale=scale))
+        for m in sorted(models.MODELS):
+            for e in sorted(augment.EXTRA_AUGMENTS):
+                now[f"cifar10/{m}/{e}/seed0/{scale}"] = run_hash(recipes.cifar10(m, e, seed=0, scale=scale))
+            now[f"imagenette/{m}/seed0/{scale}"] = run_hash(recipes.imagenette(m, seed=0, scale=scale))
+    changed = {k: (v, now.get(k)) for k, v in recorded.items() if now.get(k) != v}
+    assert not changed, f"{len(changed)} recipe hashes changed (cached runs would retrain): {changed}"
+    assert len(recorded) == 150
+
+
+@pytest.mark.parametrize("scale", recipes.SCALES)
+def test_localization_pair_differs_only_in_the_data(scale):
+    for model in ("resnet18", "vgg16"):
+        clean, skewed = recipes.localization(False, model, 1, scale), recipes.localization(True, model, 1, scale)
+        assert (clean.dataset, skewed.dataset, clean.seed) == ("cifar10", "cifar10_skew", 1)
+        a, b = clean.to_dict(), skewed.to_dict()
+        assert {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)} == {"dataset", "dataset_options"}
+        tuned = train.TrainConfig(**{**a, **recipes.retraining(scale)})
+        assert tuned.epochs >= 1 and tuned.lr > 0
+    assert dict(recipes.localization(True, skew_options={"correlation": 0.8}).dataset_options)["correlation"] == 0.8
+    with pytest.raises(ValueError, match="clean model"):
+        recipes.localization(False, skew_options={"correlation": 0.8})

@@ -1,5 +1,6 @@
 """fslib.runs: content-addressed runs, reuse, resume, damaged checkpoints (tiny model, tiny data)."""
 
+import dataclasses
 import json
 import warnings
 
@@ -7,8 +8,8 @@ import pytest
 import torch
 
 import fslib
-from fslib import runs, train
-from fslib.data import LabeledImages
+from fslib import inference, runs, train
+from fslib.images import LabeledImages
 
 
 def toy_loader(name, split, n=None, seed=0, progress=True, **kw):
@@ -70,7 +71,7 @@ def test_train_store_and_reuse(cache):
     for name in ("checkpoint.pt", "history.json", "history.csv", "tracking.csv", "metrics.json",
                  "environment.json", "config.json", "DONE"):
         assert (run.path / name).exists(), name
-    assert run.path.parent == cache / "runs" and not run.model.training and train.uses_channels_last(run.model)
+    assert run.path.parent == cache / "runs" and not run.model.training and inference.uses_channels_last(run.model)
     assert list(run.history.epoch) == [1, 2, 3] and run.metrics["epochs"] == 3 and run.metrics["iterations"] == 12
     assert sorted(run.tracking.iteration.unique()) == [0, 4, 8] and len(run.tracking) == 3 * 2 * 4
     env = json.loads((run.path / "environment.json").read_text())
@@ -119,16 +120,53 @@ def test_damaged_checkpoint_is_reported_and_retrained(cache):
 
 
 @pytest.mark.slow
-def test_finished_run_with_a_damaged_checkpoint_is_retrained(cache):
+def test_damaged_finished_runs_are_named_and_repaired_and_old_runs_adopted(cache):
     cfg = train.TrainConfig(**{**CFG.to_dict(), "epochs": 1, "track_every": 0, "track_sets": ()})
     first = runs.get_or_train(cfg, device="cpu", progress=False, loader=toy_loader)
-    (first.path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    # a damaged record costs no training: the finished checkpoint is evaluated again
+    metrics = first.path / "metrics.json"
+    metrics.write_text(metrics.read_text().replace('"test_acc": ', '"test_acc": 1.0, "was": '))
+    steps = []
+    with pytest.warns(runs.CheckpointWarning, match=r"metrics\.json is damaged.*no training"):
+        again = runs.get_or_train(cfg, device="cpu", progress=False, loader=toy_loader, hooks=[lambda s, m: steps.append(s)])
+    assert steps == [] and again.metrics["test_confusion"] == first.metrics["test_confusion"]
+    assert same_weights(weights(first.model), weights(again.model))
+    # a run written before digests existed: loaded as it is (no data, no training), digests recorded
+    for record in first.path.glob("*.sha256"):
+        record.unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        old = runs.get_or_train(cfg, device="cpu", progress=False, loader=refusing_loader)
+    assert same_weights(weights(first.model), weights(old.model)) and old.path == first.path
+    assert (first.path / "checkpoint.pt.sha256").exists() and (first.path / "metrics.json.sha256").exists()
+    # one flipped bit inside the weights (torch.load alone would load it): set aside, retrained
+    ckpt = first.path / "checkpoint.pt"
+    data = bytearray(ckpt.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    ckpt.write_bytes(bytes(data))
     with pytest.warns(runs.CheckpointWarning) as caught:
-        again = runs.get_or_train(cfg, device="cpu", progress=False, loader=toy_loader)
+        retrained = runs.get_or_train(cfg, device="cpu", progress=False, loader=toy_loader)
     messages = [str(w.message) for w in caught]
-    assert any("unreadable" in m for m in messages)
-    assert any("checkpoint.pt" in m and "weights_only=True" in m for m in messages)
-    assert same_weights(weights(first.model), weights(again.model))  # deterministic retrain
+    assert any("checkpoint.pt is unusable" in m and "sha256" in m and "checkpoint.pt.damaged" in m for m in messages)
+    assert (first.path / "checkpoint.pt.damaged").read_bytes() == bytes(data)  # kept aside, never loaded
+    assert same_weights(weights(first.model), weights(retrained.model))  # deterministic retrain
+    assert retrained.metrics["test_acc"] == first.metrics["test_acc"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_an_unavailable_device_changes_nothing_in_the_cache(cache):
+    cfg = train.TrainConfig(**{**CFG.to_dict(), "epochs": 1, "track_every": 0, "track_sets": ()})
+    path = runs.run_path(cfg)
+    path.mkdir(parents=True)
+    (path / "DONE").write_text(runs.run_hash(cfg) + "\n")  # looks finished: must not be touched
+    before = sorted(p.name for p in path.iterdir())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            runs.get_or_train(cfg, device="cuda", progress=False, loader=refusing_loader)
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            runs.load_finished(cfg, device="cuda")
+    assert sorted(p.name for p in path.iterdir()) == before and (path / "DONE").exists()
 
 
 def test_checkpoint_of_another_config_is_not_used(cache):
@@ -144,3 +182,25 @@ def test_checkpoint_of_another_config_is_not_used(cache):
         assert runs._read_checkpoint(path / "checkpoint.pt", cfg) is None
     assert any("config differs" in str(w.message) and "checkpoint.pt" in str(w.message) for w in caught)
     assert (path / "checkpoint.pt.damaged").exists() and not (path / "checkpoint.pt").exists()
+
+
+def test_a_run_started_from_another_freezes_and_reinitialises_blocks(cache):
+    base = runs.get_or_train(CFG, device="cpu", progress=False, loader=toy_loader)
+    tune = dataclasses.replace(CFG, epochs=1, track_every=0, track_until=0, track_sets=(), init_from=base.cache_key,
+                               trainable=("layer2",), reinit=("classifier",))
+    assert runs.run_hash(tune) != runs.run_hash(dataclasses.replace(tune, trainable=("layer3",)))
+    tuned = runs.get_or_train(tune, device="cpu", progress=False, loader=toy_loader)
+    before, after = base.model.state_dict(), tuned.model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith(("layer2.", "classifier.")) for k in changed)  # frozen blocks bit-identical,
+    assert all(not k.startswith("layer2.") or "running" not in k or k in changed for k in before)  # BN of layer2 trains
+    fresh = runs.get_or_train(dataclasses.replace(tune, trainable=("conv1",)), device="cpu", progress=False,
+                              loader=toy_loader)
+    assert not torch.equal(fresh.model.state_dict()["classifier.weight"], before["classifier.weight"])  # re-initialised
+    assert torch.equal(fresh.model.state_dict()["classifier.weight"], after["classifier.weight"])  # ... the same way, frozen
+    with pytest.raises(ValueError, match="no finished run"):
+        runs.get_or_train(dataclasses.replace(tune, init_from="resnet18-cifar10-0000"), device="cpu", progress=False,
+                          loader=toy_loader)
+    with pytest.raises(ValueError, match="matches no parameter.*valid blocks: bn1, classifier, conv1, layer1"):
+        runs.get_or_train(dataclasses.replace(tune, trainable=("layer9",)), device="cpu", progress=False,
+                          loader=toy_loader)

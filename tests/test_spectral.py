@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import doctest
 import math
 
 import numpy as np
 import pytest
 import torch
+from fourier_probe import cosine
 
 from fslib import spectral
 
@@ -27,11 +27,6 @@ def _cosine(h, w, du, dv, phase=0.3):
     x = torch.arange(h, dtype=torch.float64)[:, None]
     y = torch.arange(w, dtype=torch.float64)[None, :]
     return torch.cos(2 * math.pi * (du * x / h + dv * y / w) + phase)[None, None]
-
-
-def test_doctests():
-    result = doctest.testmod(spectral, extraglobs={"torch": torch})
-    assert result.attempted > 0 and result.failed == 0
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -259,3 +254,18 @@ def test_radial_profile():
     assert prof.shape == (2, int(torch.round(r).max()) + 1)
     torch.testing.assert_close(prof[0], torch.ones_like(prof[0]))
     assert (prof[1] - torch.arange(prof.shape[1])).abs().max() <= 0.5
+
+
+def test_energy_fraction_of_a_pure_sinusoid_and_complementary_masks():
+    img = (cosine(8, 8, 5, 6) + 2.0).expand(1, 3, 8, 8)  # DC + one conjugate pair
+    inside = torch.zeros(2, 8, 8, dtype=torch.bool)
+    inside[0, 5, 6] = inside[0, 3, 2] = True  # the pair
+    inside[1, 6, 4] = True  # elsewhere
+    frac = spectral.energy_fraction(img, inside)
+    assert torch.allclose(frac, torch.tensor([[1.0, 0.0]], dtype=torch.float64), atol=1e-12)
+    x = torch.rand(5, 3, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    m = torch.rand(8, 8, generator=torch.Generator().manual_seed(1)) < 0.3
+    both = spectral.energy_fraction(x, torch.stack([m, ~m]))
+    assert torch.allclose(both.sum(1), torch.ones(5, dtype=torch.float64))
+    x8 = (x * 255).round().to(torch.uint8)
+    assert torch.allclose(spectral.energy_fraction(x8, m[None]), spectral.energy_fraction(x8.double() / 255, m[None]))

@@ -12,30 +12,28 @@ from typing import Sequence
 import matplotlib as mpl
 import numpy as np
 import pandas as pd
-import torch
 
 from fslib import spectral
-from fslib.plot.common import new_axes
+from fslib.plot.common import Axes, AxesArg, Figure, as_numpy, new_axes
 
 __all__ = ["adcs_maps", "adcs_radial", "adcs_band_table", "adcs_distinctiveness_bars", "adcs_stability_bars"]
 
 
-def _as_numpy(x) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+_as_numpy = as_numpy
 
 
 def adcs_maps(
     data,
-    ax=None,
+    ax: AxesArg = None,
     *,
-    classes: Sequence[str] | None = None,
+    class_names: Sequence[str] | None = None,
     row_labels: Sequence[str] | None = None,
     ncols: int | None = None,
     vmin: float | None = None,
     vmax: float | None = None,
     cmap: str = "jet",
     colorbar: bool = True,
-):
+) -> tuple[Figure, Axes]:
     """ADCS maps of every class, jet colour map, fixed colour range.
 
     Parameters
@@ -44,9 +42,9 @@ def adcs_maps(
         One ADCS map per class (:func:`fslib.metrics.adcs`); a leading axis stacks datasets
         as rows (they must share C, H and W).
     ax : matplotlib axes or None
-    classes : column labels (class names); default ``0..C-1``
+    class_names : column labels (class names); default ``0..C-1``
     row_labels : row labels for a (D, C, H, W) input (dataset names)
-    ncols : wrap a (C, H, W) input into rows of ``ncols`` classes (the paper's 2 x 5);
+    ncols : wrap a (C, H, W) input into rows of ``ncols`` class_names (the paper's 2 x 5);
         each panel is then titled with its class
     vmin, vmax : colour range; default ``-(C-1)`` and ``C-1`` (the paper's range). Pass
         ``-C`` and ``C-2`` for the official variant.
@@ -61,7 +59,7 @@ def adcs_maps(
     if maps.ndim not in (3, 4):
         raise ValueError(f"data must have shape (C, H, W) or (D, C, H, W), got {maps.shape}")
     c, h, w = maps.shape[-3:]
-    names = list(classes) if classes is not None else [str(i) for i in range(c)]
+    names = list(class_names) if class_names is not None else [str(i) for i in range(c)]
     wrapped = maps.ndim == 3 and ncols is not None and ncols < c
     if maps.ndim == 3:
         cols = ncols if wrapped else c
@@ -108,19 +106,19 @@ def adcs_maps(
 
 def adcs_radial(
     data,
-    ax=None,
+    ax: AxesArg = None,
     *,
-    classes: Sequence[str] | None = None,
+    class_names: Sequence[str] | None = None,
     size: int | None = None,
     num_classes: int | None = None,
-):
+) -> tuple[Figure, Axes]:
     """Mean ADCS against radius, one line per class.
 
     Parameters
     ----------
     data : Tensor or array, shape (C, R) (:func:`fslib.metrics.adcs_radial_profile`)
     ax : matplotlib axes or None
-    classes : legend labels
+    class_names : legend labels
     size : image side; when given, the band edges of :mod:`fslib.spectral` are drawn
     num_classes : sets the y range to ``+-(C-1)``; default C = number of rows
 
@@ -130,7 +128,7 @@ def adcs_radial(
     """
     prof = _as_numpy(data)
     c = prof.shape[0]
-    names = list(classes) if classes is not None else [str(i) for i in range(c)]
+    names = list(class_names) if class_names is not None else [str(i) for i in range(c)]
     fig, ax = new_axes(ax, figsize=(5, 3))
     colours = mpl.colormaps["tab10" if c <= 10 else "tab20"]
     for k in range(c):
@@ -148,7 +146,7 @@ def adcs_radial(
     return fig, ax
 
 
-def adcs_band_table(data: pd.DataFrame, ax=None, *, num_classes: int | None = None):
+def adcs_band_table(data: pd.DataFrame, ax: AxesArg = None, *, num_classes: int | None = None) -> tuple[Figure, Axes]:
     """Heat map of the mean ADCS of each class (rows) in each band (columns), annotated.
 
     Parameters
@@ -177,7 +175,7 @@ def adcs_band_table(data: pd.DataFrame, ax=None, *, num_classes: int | None = No
     return fig, ax
 
 
-def adcs_distinctiveness_bars(data: pd.DataFrame, ax=None):
+def adcs_distinctiveness_bars(data: pd.DataFrame, ax: AxesArg = None) -> tuple[Figure, Axes]:
     """Horizontal bars of ``top_fraction`` per class, most distinctive on top.
 
     Parameters
@@ -201,7 +199,7 @@ def adcs_distinctiveness_bars(data: pd.DataFrame, ax=None):
     return fig, ax
 
 
-def adcs_stability_bars(data: pd.DataFrame, ax=None):
+def adcs_stability_bars(data: pd.DataFrame, ax: AxesArg = None) -> tuple[Figure, Axes]:
     """Bars per class: positions whose sign(ADCS) survives every / 95 % of the resamples.
 
     Parameters

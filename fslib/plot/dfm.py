@@ -11,33 +11,30 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Mapping, Sequence, Union
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import torch
 
-from fslib.plot.common import new_axes
+from fslib.plot.common import Axes, AxesArg, Figure, as_numpy, axes_grid, new_axes
+from fslib.spectral import filter_frequencies
+
+Maps = Union[torch.Tensor, np.ndarray, Mapping[str, Union[torch.Tensor, np.ndarray]]]
+"""One set of maps ``(C, H, W)``, or several by name (one row each)."""
 
 __all__ = ["dfm_grid", "loss_map_grid", "dfm_examples", "tpr_fpr_bars", "tpr_vs_threshold"]
 
 
-def _np(x) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+_np = as_numpy
 
 
-def _axes_grid(ax, rows: int, cols: int, size: float = 1.3):
-    """A (rows, cols) array of axes: new, or the given axes reshaped."""
-    if ax is None:
-        fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows + 0.3), squeeze=False)
-        return fig, axes
-    axes = np.asarray(ax, dtype=object).reshape(-1)
-    if axes.size < rows * cols:
-        raise ValueError(f"need {rows * cols} axes for a {rows} x {cols} grid, got {axes.size}")
-    return axes[0].figure, axes[: rows * cols].reshape(rows, cols)
+def _axes_grid(ax: AxesArg, rows: int, cols: int, size: float = 1.3) -> tuple[Figure, np.ndarray]:
+    return axes_grid(ax, rows, cols, (size * cols, size * rows + 0.3))
 
 
-def _rows(data) -> tuple[list[str], list[np.ndarray]]:
+def _rows(data: Maps) -> tuple[list[str], list[np.ndarray]]:
     if isinstance(data, Mapping):
         return [str(k) for k in data], [_np(v) for v in data.values()]
     return [""], [_np(data)]
@@ -56,7 +53,8 @@ def _with_targets(dfm: np.ndarray, target: np.ndarray) -> np.ndarray:
     return rgb
 
 
-def dfm_grid(data, ax=None, class_names: Sequence[str] | None = None, targets=None):
+def dfm_grid(data: Maps, ax: AxesArg = None, class_names: Sequence[str] | None = None,
+             targets: Maps | None = None) -> tuple[Figure, np.ndarray]:
     """Binary DFMs, one panel per class: black background, white kept frequencies.
 
     Parameters
@@ -96,7 +94,9 @@ def dfm_grid(data, ax=None, class_names: Sequence[str] | None = None, targets=No
     return fig, axes
 
 
-def loss_map_grid(data, ax=None, class_names: Sequence[str] | None = None, baseline=None, symlog: bool = False):
+def loss_map_grid(data: torch.Tensor | np.ndarray, ax: AxesArg = None, class_names: Sequence[str] | None = None,
+                  baseline: torch.Tensor | np.ndarray | None = None,
+                  symlog: bool = False) -> tuple[Figure, np.ndarray]:
     """Ablation loss maps, one panel per class (brighter = removing it hurts more).
 
     Parameters
@@ -145,7 +145,7 @@ def _display(img: np.ndarray) -> np.ndarray:
     return (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
 
 
-def dfm_examples(data: Mapping, ax=None):
+def dfm_examples(data: Mapping, ax: AxesArg = None) -> tuple[Figure, np.ndarray]:
     """Rows of (image, its class's DFM, DFM-filtered image), in the style of Fig. 1.
 
     Parameters
@@ -165,8 +165,6 @@ def dfm_examples(data: Mapping, ax=None):
     images, dfms = data["images"], data["dfms"]
     filtered = data.get("filtered")
     if filtered is None:
-        from fslib.spectral import filter_frequencies
-
         filtered = filter_frequencies(torch.as_tensor(_np(images)), torch.as_tensor(_np(dfms)))
     images, dfms, filtered = _np(images), _np(dfms), _np(filtered)
     n = images.shape[0]
@@ -185,7 +183,8 @@ def dfm_examples(data: Mapping, ax=None):
     return fig, axes
 
 
-def tpr_fpr_bars(table, ax=None, class_names: Sequence[str] | None = None, paper_tpr: float = 0.6):
+def tpr_fpr_bars(table: pd.DataFrame | Mapping[str, pd.DataFrame], ax: AxesArg = None, class_names: Sequence[str] | None = None,
+                 paper_tpr: float = 0.6) -> tuple[Figure, np.ndarray]:
     """TPR and FPR on DFM-filtered images per class, with 95 % intervals and the null.
 
     Parameters
@@ -241,13 +240,14 @@ def tpr_fpr_bars(table, ax=None, class_names: Sequence[str] | None = None, paper
     return fig, ax
 
 
-def tpr_vs_threshold(table, ax=None, class_names: Sequence[str] | None = None, paper_tpr: float = 0.6):
+def tpr_vs_threshold(table: pd.DataFrame, ax: AxesArg = None, class_names: Sequence[str] | None = None,
+                     paper_tpr: float = 0.6) -> tuple[Figure, Axes]:
     """TPR of every class against the DFM threshold, with the class mean, the mean FPR and
     the mean null TPR (95th percentile of random same-profile masks).
 
     Parameters
     ----------
-    table : DataFrame from ``fslib.dfm.threshold_sweep`` (columns top, class, tpr, fpr,
+    table : DataFrame from ``fslib.dfm.shortcut_test_sweep`` (columns top, class, tpr, fpr,
         null_tpr_p95)
     ax : matplotlib axes or None
     class_names : legend labels of the classes (default: the class column)

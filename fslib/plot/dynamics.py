@@ -3,45 +3,28 @@ learned, and the band-stop relative confusion matrices."""
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from fslib.plot.common import new_axes
+from fslib.plot.common import Axes, AxesArg, Figure, axes_grid, new_axes
+from fslib.spectral import BAND_PAIRS, band_set_label
 
 __all__ = ["class_accuracy_curves", "learned_at_dots", "relative_confusion_grid"]
 
-_PAIRS = ((1, 2), (1, 3), (1, 4), (2, 3), (2, 4), (3, 4))
-
-
-def _grid(ax, rows: int, cols: int, size=(2.6, 2.1), **kw):
-    """A (rows, cols) array of axes: new, or the given axes reshaped."""
-    if ax is None:
-        fig, axes = plt.subplots(rows, cols, figsize=(size[0] * cols + 0.8, size[1] * rows + 0.4), squeeze=False, **kw)
-        return fig, axes
-    axes = np.asarray(ax, dtype=object).reshape(-1)
-    if axes.size < rows * cols:
-        raise ValueError(f"need {rows * cols} axes for a {rows} x {cols} grid, got {axes.size}")
-    return axes[0].figure, axes[: rows * cols].reshape(rows, cols)
+def _grid(ax: AxesArg, rows: int, cols: int, size: tuple[float, float] = (2.6, 2.1), **kw: Any) -> tuple[Figure, np.ndarray]:
+    return axes_grid(ax, rows, cols, (size[0] * cols + 0.8, size[1] * rows + 0.4), **kw)
 
 
 def _label(name: str) -> str:
     return name.replace("syn_b", "Syn_B")
 
 
-def _set_label(name: str) -> str:
-    kind, _, bands = name.partition(":")
-    if not bands:
-        return name
-    bands = "+".join(f"B{b}" for b in bands.split(","))
-    return f"{bands} only" if kind == "bandpass" else f"{bands} removed"
-
-
-def class_accuracy_curves(data: pd.DataFrame, ax=None, *, sets: Sequence[str] = ("test",),
+def class_accuracy_curves(data: pd.DataFrame, ax: AxesArg = None, *, sets: Sequence[str] = ("test",),
                           class_names: Sequence[str] | None = None, threshold: float | None = None,
-                          until: int | None = None):
+                          until: int | None = None) -> tuple[Figure, np.ndarray]:
     """Per-class accuracy over training iterations: mean over seeds, shaded from min to max.
 
     Parameters
@@ -84,7 +67,7 @@ def class_accuracy_curves(data: pd.DataFrame, ax=None, *, sets: Sequence[str] = 
             if i == 0:
                 a.set_title(_label(d), fontsize=9)
             if j == 0:
-                a.set_ylabel(f"accuracy\n({_set_label(s)})" if len(sets) > 1 else "accuracy", fontsize=8)
+                a.set_ylabel(f"accuracy\n({band_set_label(s)})" if len(sets) > 1 else "accuracy", fontsize=8)
             if i == len(sets) - 1:
                 a.set_xlabel("iteration", fontsize=8)
     if len(classes) <= 4:
@@ -94,8 +77,8 @@ def class_accuracy_curves(data: pd.DataFrame, ax=None, *, sets: Sequence[str] = 
     return fig, axes
 
 
-def learned_at_dots(data: pd.DataFrame, ax=None, *, class_names: Sequence[str] | None = None,
-                    until: float | None = None):
+def learned_at_dots(data: pd.DataFrame, ax: AxesArg = None, *, class_names: Sequence[str] | None = None,
+                    until: float | None = None) -> tuple[Figure, Axes]:
     """When each class is learned, one dot per seed, one row per dataset.
 
     Parameters
@@ -134,8 +117,9 @@ def learned_at_dots(data: pd.DataFrame, ax=None, *, class_names: Sequence[str] |
     return fig, ax
 
 
-def relative_confusion_grid(data: Mapping[str, np.ndarray], ax=None, *, pairs: Sequence[tuple[int, int]] = _PAIRS,
-                            class_names: Sequence[str] | None = None, vmax: float = 100.0, annotate: bool = True):
+def relative_confusion_grid(data: Mapping[str, np.ndarray], ax: AxesArg = None, *, pairs: Sequence[tuple[int, int]] = BAND_PAIRS,
+                            class_names: Sequence[str] | None = None, vmax: float = 100.0,
+                            annotate: bool = True) -> tuple[Figure, np.ndarray]:
     """The band-stop relative confusion matrices, one row per dataset, one column per pair.
 
     Parameters

@@ -8,13 +8,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fslib.plot.common import new_axes
+from fslib.plot.common import Axes, AxesArg, Figure, new_axes
 
 __all__ = ["annotated_heatmap", "ood_accuracy_bars", "texture_bias_bars", "shortcut_transfer_scatter", "image_mosaic"]
 
 
-def annotated_heatmap(data: pd.DataFrame, ax=None, *, fmt: str = "{:.2f}", vmin: float = 0.0, vmax: float = 1.0,
-                      cmap: str = "viridis", title: str | None = None, colorbar: bool = True):
+def annotated_heatmap(data: pd.DataFrame, ax: AxesArg = None, *, fmt: str = "{:.2f}", vmin: float = 0.0, vmax: float = 1.0,
+                      cmap: str = "viridis", title: str | None = None, colorbar: bool = True) -> tuple[Figure, Axes]:
     """A labelled matrix with every cell's value written in it.
 
     Parameters
@@ -50,7 +50,8 @@ def annotated_heatmap(data: pd.DataFrame, ax=None, *, fmt: str = "{:.2f}", vmin:
     return fig, ax
 
 
-def ood_accuracy_bars(data: pd.DataFrame, ax=None, *, chance: float | None = None, title: str | None = None):
+def ood_accuracy_bars(data: pd.DataFrame, ax: AxesArg = None, *, chance: float | None = None,
+                      title: str | None = None) -> tuple[Figure, Axes]:
     """Grouped bars: one group per model, one bar per test (columns of ``data``).
 
     Parameters
@@ -80,7 +81,7 @@ def ood_accuracy_bars(data: pd.DataFrame, ax=None, *, chance: float | None = Non
     return fig, ax
 
 
-def texture_bias_bars(data: pd.Series, ax=None, *, title: str | None = None):
+def texture_bias_bars(data: pd.Series, ax: AxesArg = None, *, title: str | None = None) -> tuple[Figure, Axes]:
     """Texture bias per model (Geirhos et al.: texture decisions / (shape + texture decisions)).
 
     Parameters
@@ -102,8 +103,8 @@ def texture_bias_bars(data: pd.Series, ax=None, *, title: str | None = None):
     return fig, ax
 
 
-def shortcut_transfer_scatter(data: pd.DataFrame, ax=None, *, x: str = "ood_tpr", y: str = "ood_acc",
-                              hue: str | None = None, label: str = "name", title: str | None = None):
+def shortcut_transfer_scatter(data: pd.DataFrame, ax: AxesArg = None, *, x: str = "ood_tpr", y: str = "ood_acc",
+                              hue: str | None = None, label: str = "name", title: str | None = None) -> tuple[Figure, Axes]:
     """One point per class (and model): a DFM-based quantity against OOD accuracy.
 
     Parameters
@@ -134,8 +135,8 @@ def shortcut_transfer_scatter(data: pd.DataFrame, ax=None, *, x: str = "ood_tpr"
     return fig, ax
 
 
-def image_mosaic(data: torch.Tensor, ax=None, *, ncols: int = 8, titles: Sequence[str] | None = None,
-                 row_labels: Sequence[str] | None = None):
+def image_mosaic(data: torch.Tensor, ax: AxesArg = None, *, ncols: int = 8, titles: Sequence[str] | None = None,
+                 row_labels: Sequence[str] | None = None) -> tuple[Figure, Axes]:
     """A grid of images on one axes.
 
     Parameters

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from matplotlib.patches import Circle
 
-from fslib.plot.common import new_axes
+from fslib.plot.common import Axes, AxesArg, Figure, new_axes
 
 __all__ = ["synthetic_examples", "synthetic_spectra", "synthetic_variants"]
 
@@ -38,7 +38,8 @@ def _label_axes(ax, rows: Sequence[str], cols: Sequence[str], h: int, w: int, ga
         side.set_visible(False)
 
 
-def synthetic_examples(data: torch.Tensor, ax=None, *, row_labels: Sequence[str] = _DATASET_LABELS):
+def synthetic_examples(data: torch.Tensor, ax: AxesArg = None, *,
+                       row_labels: Sequence[str] = _DATASET_LABELS) -> tuple[Figure, Axes]:
     """Grid of example images: one row per dataset, one block of columns per class.
 
     Parameters
@@ -60,8 +61,8 @@ def synthetic_examples(data: torch.Tensor, ax=None, *, row_labels: Sequence[str]
     return fig, ax
 
 
-def synthetic_spectra(data: torch.Tensor, ax=None, *, row_labels: Sequence[str] = _DATASET_LABELS,
-                      band_edges: Sequence[float] = (4.0, 8.0, 12.0)):
+def synthetic_spectra(data: torch.Tensor, ax: AxesArg = None, *, row_labels: Sequence[str] = _DATASET_LABELS,
+                      band_edges: Sequence[float] = (4.0, 8.0, 12.0)) -> tuple[Figure, Axes]:
     """Class-average amplitude spectra on a log scale, with the band edges drawn as circles.
 
     Parameters
@@ -89,7 +90,7 @@ def synthetic_spectra(data: torch.Tensor, ax=None, *, row_labels: Sequence[str] 
     return fig, ax
 
 
-def synthetic_variants(data: torch.Tensor, ax=None, *, row_labels: Sequence[str] | None = None):
+def synthetic_variants(data: torch.Tensor, ax: AxesArg = None, *, row_labels: Sequence[str] | None = None) -> tuple[Figure, Axes]:
     """Original images and their band-filtered versions: one row per filter, one column per class.
 
     Parameters

@@ -1,0 +1,225 @@
+"""The book's verdict rules, and the "differences from the paper" rows: defined once.
+
+Every chapter ends with "What we found" (each claim of the paper: holds / partly / does not
+hold here) and "Differences from the paper". The rules that turn measurements into a
+verdict live here, each stated in its docstring, so a chapter never invents its own:
+
+* :func:`count_verdict`: "holds" when a property holds in every case, "partly" in some,
+  "does not hold" in none (claims 1a, 1b, 1c, 5);
+* :func:`shortcut_verdict`: claim 3, from a shortcut-test table;
+* :func:`transfer_verdict`: claim 4, from the transfer of shortcuts to OOD images;
+* :func:`spread_verdict`, :func:`roles_verdict` (:func:`shallow_fraction`), :func:`mitigation_verdict`: Tsoy and
+  Konstantinov's claims on where a shortcut lives (chapter 9);
+* :func:`differences` and :func:`describe_recipe`: a training config against the paper's
+  recipe (the ``TrainConfig`` defaults), as table rows or one line.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import pandas as pd
+
+from fslib import recipes
+from fslib.train import TrainConfig
+
+VERDICTS = ("holds", "partly", "does not hold")
+"""The three verdicts of every claim, in this spelling everywhere in the book."""
+
+TRACKING_FIELDS = ("track_every", "track_until", "track_sets")
+"""Config fields about learning-dynamics records, not about the model: left out of recipe lines."""
+
+
+def count_verdict(n: int, total: int) -> str:
+    """A claim that should hold in every case: "holds" in all ``total``, "partly" in some,
+    "does not hold" in none.
+
+    >>> count_verdict(3, 3), count_verdict(1, 3), count_verdict(0, 3)
+    ('holds', 'partly', 'does not hold')
+    """
+    n, total = int(n), int(total)
+    if total < 1 or not 0 <= n <= total:
+        raise ValueError(f"need 0 <= n <= total and total >= 1, got n={n}, total={total}")
+    return VERDICTS[0] if n == total else VERDICTS[1] if n > 0 else VERDICTS[2]
+
+
+def shortcut_verdict(table: pd.DataFrame, paper_tpr: float = 0.6, max_fpr: float = 0.1) -> tuple[str, pd.Series]:
+    """The book's reading of a shortcut-test table for claim 3 of the paper.
+
+    A class has a *strong* frequency shortcut when its DFM alone beats the null
+    (``shortcut``), reaches the paper-style ``TPR >= paper_tpr`` and keeps ``FPR <= max_fpr``
+    (the DFM does not pull other classes' images into the class). The claim "holds" when at
+    least one class has a strong shortcut, "partly" when some class beats its null but none
+    is strong, and "does not hold" when no class beats its null.
+
+    Parameters
+    ----------
+    table : DataFrame from :func:`fslib.dfm.evaluate_dfms` (columns tpr, fpr, shortcut)
+    paper_tpr, max_fpr : float
+
+    Returns
+    -------
+    (verdict, strong) : one of :data:`VERDICTS`, and a bool Series (one per row)
+
+    >>> t = pd.DataFrame({"tpr": [0.9, 0.7], "fpr": [0.05, 0.3], "shortcut": [True, True]})
+    >>> shortcut_verdict(t)[0], shortcut_verdict(t)[1].tolist()
+    ('holds', [True, False])
+    """
+    strong = table["shortcut"].astype(bool) & (table["tpr"] >= paper_tpr) & (table["fpr"] <= max_fpr)
+    if strong.any():
+        return VERDICTS[0], strong
+    return (VERDICTS[1] if table["shortcut"].astype(bool).any() else VERDICTS[2]), strong
+
+
+def transfer_verdict(transfer: Sequence[bool], ood_acc: Sequence[float]) -> str:
+    """Claim 4 for one OOD set: do the in-distribution shortcuts fire on the OOD images, and
+    do they buy accuracy there?
+
+    A class *transfers* when its DFM passes the shortcut test on the ID images and on the OOD
+    images. "holds": at least one class transfers and the transferring classes have a higher
+    mean OOD accuracy than the others (the shortcut coincides with the OOD successes: an
+    illusion of generalisation), or every class transfers; "partly": some class transfers,
+    without that advantage; "does not hold": no class transfers.
+
+    Parameters
+    ----------
+    transfer : one bool per class
+    ood_acc : the classes' OOD accuracies
+
+    >>> transfer_verdict([True, False], [0.9, 0.5]), transfer_verdict([True, False], [0.4, 0.5])
+    ('holds', 'partly')
+    """
+    t = pd.Series(list(transfer), dtype=bool)
+    acc = pd.Series(list(ood_acc), dtype=float)
+    if len(t) != len(acc) or not len(t):
+        raise ValueError(f"need one OOD accuracy per class, got {len(t)} flags and {len(acc)} accuracies")
+    if not t.any():
+        return VERDICTS[2]
+    if t.all() or acc[t].mean() > acc[~t].mean():
+        return VERDICTS[0]
+    return VERDICTS[1]
+
+
+def robustness_verdict(n_shortcut: dict[str, int], baseline: str) -> str:
+    """Claim 5, "larger models and data augmentation do not fully avoid frequency shortcuts":
+    :func:`count_verdict` of the models other than ``baseline`` that still have at least one
+    shortcut class.
+
+    >>> robustness_verdict({"base": 3, "big": 1, "aug": 0}, "base")
+    'partly'
+    """
+    if baseline not in n_shortcut:
+        raise ValueError(f"baseline {baseline!r} not among the models {list(n_shortcut)}")
+    others = [int(v) > 0 for k, v in n_shortcut.items() if k != baseline]
+    if not others:
+        raise ValueError("need at least one model besides the baseline")
+    return count_verdict(sum(others), len(others))
+
+
+def spread_verdict(shares: pd.Series, min_share: float = 0.2, dominant: float = 0.75) -> str:
+    """"Shortcut learning is not localised in one layer but spread through the network", from
+    one curve of block contributions (each block's share of the skew's effect when it alone is
+    retrained, mean over seeds; :func:`fslib.localization.layer_contributions`).
+
+    "holds" when at least two blocks reach ``min_share`` each (several blocks can each make a
+    sizeable part of the effect); "does not hold" when one block reaches ``dominant`` and no
+    other reaches ``min_share`` (one block carries it); "partly" otherwise (one block between
+    the two bars, or none reaching ``min_share``: no single block makes the effect).
+
+    >>> spread_verdict(pd.Series({"stem": 0.4, "layer1": 0.3})), spread_verdict(pd.Series({"stem": 0.9, "head": 0.1}))
+    ('holds', 'does not hold')
+    """
+    s = pd.Series(shares, dtype=float).dropna()
+    if s.empty:
+        raise ValueError("need at least one block's share")
+    big = int((s >= min_share).sum())
+    if big >= 2:
+        return VERDICTS[0]
+    if big == 1 and s.max() >= dominant:
+        return VERDICTS[2]
+    return VERDICTS[1]
+
+
+def shallow_fraction(shares: pd.Series, shallow: Sequence[str]) -> float:
+    """The share of a contribution curve's positive mass that lies in the ``shallow`` blocks
+    (negative shares count as 0; NaN when no block has a positive share).
+
+    >>> shallow_fraction(pd.Series({"stem": 0.3, "layer1": 0.1, "head": 0.4, "all": 0.9}), ["stem", "layer1"])
+    0.5
+    """
+    s = pd.Series(shares, dtype=float).drop("all", errors="ignore").clip(lower=0)
+    total = s.sum()
+    return float(s[s.index.isin(list(shallow))].sum() / total) if total > 0 else float("nan")
+
+
+def roles_verdict(encode: pd.Series, repair: pd.Series, shallow: Sequence[str], majority: float = 0.6) -> str:
+    """"Shallow layers predominantly encode the spurious feature, deep layers predominantly
+    forget core features", from the two curves of block contributions (mean over seeds,
+    indexed by block; :func:`shallow_fraction`).
+
+    Encoding is *shallow* when at least ``majority`` of the encode curve's positive mass lies
+    in the ``shallow`` blocks; forgetting is *deep* when at least ``majority`` of the repair
+    curve's lies in the other blocks. "holds": both; "partly": one; "does not hold": neither.
+
+    >>> enc, rep = pd.Series({"stem": 0.6, "head": 0.1}), pd.Series({"stem": 0.1, "head": 0.5})
+    >>> roles_verdict(enc, rep, ["stem"]), roles_verdict(rep, enc, ["stem"])
+    ('holds', 'does not hold')
+    """
+    enc, rep = shallow_fraction(encode, shallow), shallow_fraction(repair, shallow)
+    return count_verdict(int(enc >= majority) + int(1 - rep >= majority), 2)
+
+
+def mitigation_verdict(gain_conflicting: Sequence[float], gain_clean: Sequence[float], min_gain: float = 0.02) -> str:
+    """"Freezing or slowing the blocks the measurement blames mitigates the shortcut": an
+    intervention *helps* when it raises the mean accuracy on conflicting test images by at
+    least ``min_gain`` over the plain skewed model and costs at most ``min_gain`` on clean
+    ones; :func:`count_verdict` over the interventions tried.
+
+    >>> mitigation_verdict([0.10, 0.00], [0.01, 0.02])
+    'partly'
+    """
+    conf, clean = list(gain_conflicting), list(gain_clean)
+    if len(conf) != len(clean) or not conf:
+        raise ValueError(f"need one clean gain per conflicting gain, got {len(conf)} and {len(clean)}")
+    helps = sum(c >= min_gain and k >= -min_gain for c, k in zip(conf, clean))
+    return count_verdict(helps, len(conf))
+
+
+def _show(v: Any) -> str:
+    return "unset" if v is None else str(v)  # None: no cap / the whole split
+
+
+def differences(cfg: TrainConfig, *, skip: Sequence[str] = TRACKING_FIELDS, prefix: str = "",
+                why: str = "CPU budget (fslib.recipes)") -> pd.DataFrame:
+    """The training settings of ``cfg`` that differ from the paper's, as table rows.
+
+    The paper's recipe is the ``TrainConfig`` defaults (:func:`fslib.recipes.describe`).
+
+    Parameters
+    ----------
+    cfg : TrainConfig
+    skip : field names left out (by default the learning-dynamics tracking)
+    prefix : put before each setting's name (e.g. ``"CIFAR-10 training: "``)
+    why : the "why" column
+
+    Returns
+    -------
+    DataFrame with columns setting, ours, paper, why (``None`` is shown as ``unset``).
+
+    >>> differences(TrainConfig(width=0.5))[["setting", "ours", "paper"]].values.tolist()
+    [['width', '0.5', '1.0']]
+    """
+    paper = TrainConfig(dataset=cfg.dataset, model=cfg.model).to_dict()
+    rows = [(prefix + k, _show(v), _show(paper[k]), why) for k, v in recipes.describe(cfg).items() if k not in skip]
+    return pd.DataFrame(rows, columns=["setting", "ours", "paper", "why"])
+
+
+def describe_recipe(cfg: TrainConfig, skip: Sequence[str] = TRACKING_FIELDS) -> str:
+    """:func:`differences` as one line of text, e.g. ``"width 0.25 (paper 1.0); epochs 8 (paper 200)"``;
+    ``"as the paper"`` when nothing differs.
+
+    >>> describe_recipe(TrainConfig(width=0.5, epochs=8))
+    'width 0.5 (paper 1.0); epochs 8 (paper 200)'
+    """
+    rows = differences(cfg, skip=skip)
+    return "; ".join(f"{r.setting} {r.ours} (paper {r.paper})" for r in rows.itertuples()) or "as the paper"
