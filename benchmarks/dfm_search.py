@@ -11,7 +11,7 @@ Part 32 (the book's default CIFAR-10 ResNet18, ``runs.get_or_train(recipes.cifar
 with ``--dataset syn_bK`` the ResNet18 of a synthetic set, ``recipes.synthetic``): the
 ranking and scoring images come from :func:`fslib.dfm.rank_score_split` of the test set. The
 exact ablation (:func:`fslib.dfm.ablation_loss`) runs first; then every method of
-:mod:`fslib.dfm_search` on the same images and threads. Printed per method: cost in
+:mod:`fslib.dfm.search` on the same images and threads. Printed per method: cost in
 forward-equivalents per image (counted by a hook; a backward pass counts as two) and its
 ratio to the exact one, wall and CPU seconds and their ratios (the machine is shared: CPU
 seconds are less sensitive to other processes), per-class Spearman correlation of the unit
@@ -45,7 +45,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fslib import data, dfm, recipes, runs  # noqa: E402
-from fslib.dfm_search import (  # noqa: E402
+from fslib.dfm.search import (  # noqa: E402
     PassCounter,
     SearchResult,
     contains_exact_top,
@@ -55,9 +55,9 @@ from fslib.dfm_search import (  # noqa: E402
     set_search,
     verified_dfms,
 )
-from fslib.dfm_search._dfm import eval_mode  # noqa: E402
-from fslib.dfm_search.subset import ablation_batch_size, map_to_units, unit_image_losses  # noqa: E402
-from fslib.dfm_search.verified import dfm_unit_count  # noqa: E402
+from fslib.dfm.search.subset import ablation_batch_size, map_to_units, unit_image_losses  # noqa: E402
+from fslib.dfm.search.verified import dfm_unit_count  # noqa: E402
+from fslib.inference import eval_mode, normalize  # noqa: E402
 from fslib.io import write_json  # noqa: E402
 
 TOP = 0.05
@@ -155,7 +155,6 @@ def load_run_dir(path: str):
     (``weights_only=True``), architecture from config.json, test accuracy from metrics.json."""
     from types import SimpleNamespace
 
-    from fslib import augment as aug
     from fslib.constants import normalization
     from fslib.io import read_json
     from fslib.models import build
@@ -169,7 +168,7 @@ def load_run_dir(path: str):
     model = build(cfg["model"], len(metrics["per_class_acc"]), width=cfg["width"])
     model.load_state_dict(state["trainer"]["model"])
     mean, std = normalization(cfg["dataset"])
-    return SimpleNamespace(model=model.eval(), normalize=lambda im: aug.normalize(im, mean, std), path=folder,
+    return SimpleNamespace(model=model.eval(), normalize=lambda im: normalize(im, mean, std), path=folder,
                            metrics=metrics)
 
 
@@ -207,7 +206,7 @@ def part_32(args) -> dict:
 
     add("exact", exact, w_ex, c_ex)
     for name, fn in methods_32(args).items():
-        res, wall, cpu = timed(lambda: fn(model, x, y, c))
+        res, wall, cpu = timed(lambda fn=fn: fn(model, x, y, c))
         add(name, res, wall, cpu)
     print()
     print_table(rows)
@@ -220,7 +219,7 @@ def ablation_rate(model, x, y, units, n_units: int, batch_size: int) -> float:
     """Ablated images per second of the exact ablation's inner loop (one class's images)."""
     dev = torch.device("cpu")
     ids = torch.arange(min(n_units, len(units)))
-    with eval_mode(model):
+    with eval_mode(model, cpu_channels_last=True):
         unit_image_losses(model, x[:2], y[:2], units, ids[:1], batch_size, dev)  # warm-up
         (_, wall, _) = timed(lambda: unit_image_losses(model, x, y, units, ids, batch_size, dev))
     return len(ids) * len(y) / wall
@@ -278,11 +277,10 @@ def part_224(args) -> dict:
 
 
 def normalize_224(images: torch.Tensor) -> torch.Tensor:
-    from fslib import augment as aug
     from fslib.constants import normalization
 
     mean, std = normalization("imagenette")
-    return aug.normalize(images, mean, std)
+    return normalize(images, mean, std)
 
 
 def main() -> None:

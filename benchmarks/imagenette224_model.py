@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from fslib import augment as aug
 from fslib import data
 from fslib.constants import normalization
+from fslib.inference import normalize
 from fslib.io import atomic_torch_save, stable_hash
 from fslib.models import BasicBlock
 from fslib.paths import cache_dir
@@ -61,7 +62,7 @@ SETTINGS = dict(widths=(16, 32, 64, 128), epochs_low=5, low=96, epochs_full=0, r
 
 def _normalize(images: torch.Tensor) -> torch.Tensor:
     mean, std = normalization("imagenette")
-    return aug.normalize(images, mean, std)
+    return normalize(images, mean, std)
 
 
 @torch.inference_mode()

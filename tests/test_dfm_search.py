@@ -1,4 +1,4 @@
-"""Tests of fslib.dfm_search: first-order maps against the exact ablation, verified and raced
+"""Tests of fslib.dfm.search: first-order maps against the exact ablation, verified and raced
 DFMs against exact DFMs, set-search and HFSS masks (symmetry, size, determinism, resume), a
 planted frequency found by every method, and clear errors for bad input."""
 
@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from fslib import dfm
-from fslib.dfm_search import (
+from fslib.dfm.search import (
     PassCounter,
     contains_exact_top,
     exact_top_units,
@@ -24,8 +24,8 @@ from fslib.dfm_search import (
     set_search,
     verified_dfms,
 )
-from fslib.dfm_search.result import load_result, save_result
-from fslib.dfm_search.subset import ablation_loss_subset, units_to_map
+from fslib.dfm.search.result import load_result, save_result
+from fslib.dfm.search.subset import ablation_loss_subset, units_to_map
 from fslib.spectral import conjugate_mirror
 
 
@@ -138,7 +138,7 @@ def test_path_integration_is_exact_for_removing_everything():
 
 
 def dfm_search_unit_values(maps, units):
-    from fslib.dfm_search.subset import map_to_units
+    from fslib.dfm.search.subset import map_to_units
 
     return map_to_units(maps, units)
 
@@ -154,8 +154,8 @@ def test_first_order_tracks_fewer_logits_consistently():
 
 
 def test_rectified_screen_counts_decreases_as_no_change():
-    from fslib.dfm_search import first_order_unit_losses
-    from fslib.dfm_search.subset import map_to_units
+    from fslib.dfm.search import first_order_unit_losses
+    from fslib.dfm.search.subset import map_to_units
 
     net = SmoothNet()
     x, y = data()
@@ -253,7 +253,7 @@ def test_race_values_are_exact_and_cost_less(prefilter, control):
         assert torch.equal(res.dfms[k], truth[k])
     assert res.provenance["forward_equivalents"] < len(dfm.ablation_units(8, 8))
     if prefilter == 1.0 and not control:  # the planned cost is the measured one
-        from fslib.dfm_search.race import race_cost
+        from fslib.dfm.search.race import race_cost
 
         planned = race_cost(20, len(dfm.ablation_units(8, 8)), math.ceil(0.1 * 34), ((0.1, 6.0), (0.3, 3.0)))
         assert res.provenance["forward_equivalents"] == pytest.approx(planned)
@@ -300,7 +300,7 @@ def test_set_search_resumes_from_a_checkpoint(tmp_path):
 def test_set_search_penalises_masks_that_predict_the_class_everywhere():
     """A model that predicts class 0 for any filtered image: its masks have TPR 1 and FPR 1 for
     class 0, so J = 0, no better than the empty prediction of the other classes."""
-    from fslib.dfm_search.maskscore import score_masks
+    from fslib.dfm.search.maskscore import score_masks
 
     class Always0(nn.Module):
         def forward(self, x):
@@ -371,47 +371,49 @@ def test_result_round_trip(tmp_path):
     assert back.provenance == res.provenance and set(back.extras) == set(res.extras)
 
 
-def test_run_search_caches_by_method_and_settings(tmp_path, monkeypatch):
-    from types import SimpleNamespace
-
-    from fslib.dfm_search import run_search, search_cache_path
+def test_run_dfms_runs_a_registered_method_cached_by_method_and_settings(tmp_path, monkeypatch):
+    """DFMConfig(method="verified", options=...) goes through run_dfms: cached under a key with
+    the method and its settings, the cost record in the provenance."""
+    from fslib.inference import Classifier
 
     monkeypatch.setenv("FSLIB_CACHE", str(tmp_path))
     net = SmoothNet().float()
-    run = SimpleNamespace(model=net, normalize=lambda im: im.float() / 255 - 0.5, path=tmp_path / "runs" / "tiny")
+    subject = Classifier(net, (0.5,) * 3, (0.25,) * 3, ("a", "b", "c"), key="tiny")
     images = torch.randint(0, 256, (12, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     labels = torch.arange(12) % 3
-    a = run_search(run, images, labels, "verified", top=0.2, candidates=2.0, device="cpu", progress=False)
+    config = dfm.DFMConfig(method="verified", top=0.2, thresholds=(0.2,), options={"candidates": 2.0})
+    a = dfm.run_dfms(subject, images, labels, config=config, device="cpu", progress=False)
     calls = net.calls
-    again = run_search(run, images, labels, "verified", top=0.2, candidates=2.0, device="cpu", progress=False)
-    assert net.calls == calls and torch.equal(again.dfms, a.dfms)  # loaded, not recomputed
-    assert again.provenance["run"] == "tiny" and again.provenance["settings"]["candidates"] == 2.0
-    other = search_cache_path(run, images, labels, "verified", top=0.2, candidates=3.0)
-    assert other != search_cache_path(run, images, labels, "verified", top=0.2, candidates=2.0)
-    assert other != search_cache_path(run, images, labels, "race", top=0.2)
-    with pytest.raises(ValueError, match="unknown setting"):
-        run_search(run, images, labels, "verified", penalty=1.0)
-    with pytest.raises(ValueError, match="unknown method"):
-        run_search(run, images, labels, "magic")
+    again = dfm.run_dfms(subject, images, labels, config=config, device="cpu", progress=False)
+    assert net.calls == calls and torch.equal(again.dfms[0.2], a.dfms[0.2])  # loaded, not recomputed
+    assert again.provenance["method"] == "verified" and again.provenance["options"] == {"candidates": 2.0}
+    assert 0 < again.provenance["forward_equivalents"] < len(dfm.ablation_units(8, 8))
+    direct = verified_dfms(net, subject.normalize(images), labels, 3, top=0.2, candidates=2.0, device="cpu",
+                           progress=False)
+    assert torch.equal(a.dfms[0.2], direct.dfms)
+    paths = {dfm.dfm_cache_path(subject, images, labels, c) for c in
+             (config, config.with_(options={"candidates": 3.0}), config.with_(method="race", options={}))}
+    assert len(paths) == 3
+    with pytest.raises(TypeError, match="penalty"):
+        dfm.run_dfms(subject, images, labels, config=config.with_(options={"penalty": 1.0}), device="cpu",
+                     progress=False)
+    with pytest.raises(ValueError, match="unknown DFM method"):
+        dfm.DFMConfig(method="magic")
+    with pytest.raises(ValueError, match="thresholds="):
+        dfm.run_dfms(subject, images, labels, config=dfm.DFMConfig(method="set_search", top=0.2), device="cpu",
+                     progress=False)
 
 
-def test_rank_function_adapts_to_a_ranking_registry():
-    """The adapter's verified ranking thresholds back to the verified DFM at its own size, and
-    ranks every verified unit above every unverified one."""
-    from types import SimpleNamespace
-    from typing import NamedTuple
-
-    from fslib.dfm_search.adapters import complete_scores, rank_function
-
-    class Ranking(NamedTuple):
-        scores: torch.Tensor
-        masks: dict
-        info: dict
+def test_registered_ranking_orders_verified_units_first():
+    """The registry's verified ranking thresholds back to the verified DFM at its own size, and
+    ranks every verified unit above every unverified one (which verified_units recovers)."""
+    from fslib.dfm.search import complete_scores, verified_units
 
     net = SmoothNet()
     x, y = data()
-    config = SimpleNamespace(top=0.2, patch_size=1, thresholds=(0.1, 0.2, 0.5), options=(("candidates", 2.0),))
-    out = rank_function("verified", Ranking)(net, x, y, 3, config, device="cpu", progress=False)
+    config = dfm.DFMConfig(method="verified", top=0.2, thresholds=(0.1, 0.2, 0.5), options={"candidates": 2.0})
+    out = dfm.METHODS["verified"](net, x, y, 3, config, batch_size=None, device="cpu", progress=False,
+                                  checkpoint=None)
     direct = verified_dfms(net, x, y, 3, top=0.2, candidates=2.0, device="cpu", progress=False)
     assert torch.equal(out.masks[0.2], direct.dfms) and set(out.masks) == {0.1, 0.2, 0.5}
     assert torch.isfinite(out.scores).all()
@@ -419,9 +421,11 @@ def test_rank_function_adapts_to_a_ranking_registry():
     known = torch.isfinite(direct.maps)
     for k in range(3):
         assert scores[k][known[k]].min() > scores[k][~known[k]].max()
-    config = SimpleNamespace(top=0.1, patch_size=1, thresholds=(0.1,), options={"rounds": 1, "proposals": 1})
-    ss = rank_function("set_search", Ranking)(net.float(), x.float(), y, 3, config, device="cpu", progress=False)
-    assert ss.masks[0.1].shape == (3, 8, 8)
+    assert torch.equal(verified_units(out.scores, out.info["n_candidates"]), direct.extras["candidates"])
+    config = dfm.DFMConfig(method="set_search", top=0.1, thresholds=(0.1,), options={"rounds": 1, "proposals": 1})
+    ss = dfm.METHODS["set_search"](net.float(), x.float(), y, 3, config, batch_size=None, device="cpu",
+                                   progress=False, checkpoint=None)
+    assert ss.masks[0.1].shape == (3, 8, 8) and torch.equal(ss.masks[0.1], conjugate_mirror(ss.masks[0.1]))
 
 
 def test_costs_are_counted():

@@ -1,6 +1,6 @@
 """What every search method returns, how its cost is counted, and shared input checks.
 
-Every method of :mod:`fslib.dfm_search` returns a :class:`SearchResult`: per-class maps
+Every method of :mod:`fslib.dfm.search` returns a :class:`SearchResult`: per-class maps
 (``(C, H, W)`` float64, where the method produces values), DFMs (``(C, H, W)`` bool,
 conjugate-symmetric) and a provenance record naming the method, its settings, the seconds it
 took and its cost in *forward-equivalents per image* (see :class:`PassCounter`).

@@ -6,15 +6,15 @@ threshold on any image: a few images suffice to see that they will not make the 
 the first few images of each class, keeps the best ones, evaluates the survivors on more
 images, and so on; the last round takes every remaining image, so the survivors' values are
 the exact class means (the same numbers as :func:`fslib.dfm.ablation_loss`, up to rounding)
-and the DFM is thresholded from them (:func:`fslib.dfm_search.verified.dfms_from_partial`).
+and the DFM is thresholded from them (:func:`fslib.dfm.search.verified.dfms_from_partial`).
 It is therefore a verified search whose screen is the exact ablation on a subset of images:
 its DFM equals the exact one whenever the survivors hold the exact top set
-(:func:`fslib.dfm_search.verified.contains_exact_top`).
+(:func:`fslib.dfm.search.verified.contains_exact_top`).
 
 Every live unit of a class is evaluated on the same images, so their partial sums compare
 like for like: an image on which every removal hurts lifts all units alike.
 
-Two optional uses of a first-order screen (:func:`fslib.dfm_search.firstorder.first_order_unit_losses`,
+Two optional uses of a first-order screen (:func:`fslib.dfm.search.firstorder.first_order_unit_losses`,
 one or a few backward passes per image): a prefilter (``prefilter < 1``) drops the screen's
 lowest units before the first round, and a control variate (``control=True``) ranks the live
 units between rounds by ``mean over all images of the estimate + mean over the seen images of
@@ -32,11 +32,12 @@ import torch
 from tqdm.auto import tqdm
 
 from fslib.device import resolve_device
-from fslib.dfm_search._dfm import ablation_units, eval_mode
-from fslib.dfm_search.firstorder import ESTIMATORS, first_order_unit_losses
-from fslib.dfm_search.result import PassCounter, SearchResult, check_fraction, check_inputs
-from fslib.dfm_search.subset import ablation_batch_size, unit_image_losses
-from fslib.dfm_search.verified import dfm_unit_count, dfms_from_partial
+from fslib.dfm.search.firstorder import ESTIMATORS, first_order_unit_losses
+from fslib.dfm.search.result import PassCounter, SearchResult, check_fraction, check_inputs
+from fslib.dfm.search.subset import ablation_batch_size, unit_image_losses
+from fslib.dfm.search.verified import dfm_unit_count, dfms_from_partial
+from fslib.dfm.units import ablation_units
+from fslib.inference import eval_mode
 from fslib.spectral import fft_centred
 
 __all__ = ["DEFAULT_SCHEDULE", "race_dfms", "race_cost"]
@@ -115,7 +116,7 @@ def race_dfms(
     schedule : sequence of ``(share, multiple)``: after the round that has seen ``share`` of a
         class's images, keep the ``multiple x dfm_unit_count`` best units
     prefilter : float in (0, 1], share of the units (by the rectified first-order ``screen``, as
-        :func:`fslib.dfm_search.verified.verified_dfms`) that enter the race; 1 keeps all
+        :func:`fslib.dfm.search.verified.verified_dfms`) that enter the race; 1 keeps all
     control : bool, rank between rounds with the screen as a control variate
     screen : ``"tangent"`` or ``"logit"``, the first-order estimator of ``prefilter`` and
         ``control`` (not computed when neither is used)
@@ -157,7 +158,7 @@ def race_dfms(
     gen = torch.Generator().manual_seed(seed)
     values = torch.full((num_classes, len(units)), float("nan"), dtype=torch.float64)
     bar = tqdm(total=num_classes, disable=not progress, desc="race", unit="class")
-    with eval_mode(model), counter:
+    with eval_mode(model, cpu_channels_last=True), counter:
         for k in range(num_classes):
             idx = (labels == k).nonzero().flatten()
             idx = idx[torch.randperm(len(idx), generator=gen)]

@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from fslib.device import resolve_device
-from fslib.dfm_search._dfm import _removed_components, _sinusoid_basis, ablation_units, eval_mode
-from fslib.dfm_search.result import PassCounter, check_inputs
+from fslib.dfm.search.result import PassCounter, check_inputs
+from fslib.dfm.units import _removed_components, _sinusoid_basis, ablation_units
+from fslib.inference import eval_mode
 from fslib.spectral import fft_centred
 
 __all__ = ["ablation_batch_size", "unit_image_losses", "ablation_loss_subset", "units_to_map", "map_to_units"]
@@ -40,7 +41,7 @@ def unit_image_losses(model, images: torch.Tensor, labels: torch.Tensor, units, 
                       batch_size: int, device: torch.device, spectra: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy of every image after removing every listed unit, ``(K, G)`` float64.
 
-    The caller puts the model in eval mode (:func:`fslib.dfm_search._dfm.eval_mode`) on ``device``.
+    The caller puts the model in eval mode (:func:`fslib.inference.eval_mode`) on ``device``.
 
     Parameters
     ----------
@@ -120,7 +121,7 @@ def ablation_loss_subset(
     counter = counter if counter is not None else PassCounter(model)
     bar = tqdm(total=int(sum(int(selected[k].sum()) * int((labels == k).sum()) for k in range(num_classes))),
                disable=not progress, desc="exact (subset)", unit="img")
-    with eval_mode(model), counter:
+    with eval_mode(model, cpu_channels_last=True), counter:
         for k in range(num_classes):
             ids = selected[k].nonzero().flatten()
             idx = (labels == k).nonzero().flatten()

@@ -25,7 +25,7 @@ Algorithm (coarse to fine, seeded, class-parallel):
    drawn in favour of high seed scores and the pairs within it the seed's best (half of the
    time) or random ones.
 3. Every proposal of every class is scored for every class in one pass over the images
-   (:func:`fslib.dfm_search.maskscore.score_masks`); each class keeps the best mask it has
+   (:func:`fslib.dfm.search.maskscore.score_masks`); each class keeps the best mask it has
    seen, whoever proposed it.
 
 The cost is ``3 (seed map) + (C + 1) (seeds) + levels * rounds * proposals * C`` forward
@@ -46,10 +46,10 @@ import torch
 from tqdm.auto import tqdm
 
 from fslib.device import resolve_device
-from fslib.dfm_search.firstorder import ESTIMATORS, first_order_loss
-from fslib.dfm_search.maskscore import score_masks
-from fslib.dfm_search.result import PassCounter, SearchResult, check_fraction, check_inputs, check_maps
-from fslib.dfm_search.subset import ablation_batch_size
+from fslib.dfm.search.firstorder import ESTIMATORS, first_order_loss
+from fslib.dfm.search.maskscore import score_masks
+from fslib.dfm.search.result import PassCounter, SearchResult, check_fraction, check_inputs, check_maps
+from fslib.dfm.search.subset import ablation_batch_size
 from fslib.io import load_npz, save_npz
 from fslib.spectral import conjugate_pairs, fft_centred, radius_grid
 

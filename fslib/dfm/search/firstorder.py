@@ -49,8 +49,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from fslib.device import resolve_device
-from fslib.dfm_search._dfm import ablation_units, dominant_frequency_maps, eval_mode
-from fslib.dfm_search.result import PassCounter, SearchResult, check_fraction, check_inputs, check_model_gradient
+from fslib.dfm.search.result import PassCounter, SearchResult, check_fraction, check_inputs, check_model_gradient
+from fslib.dfm.select import dominant_frequency_maps
+from fslib.dfm.units import ablation_units
+from fslib.inference import eval_mode
 from fslib.spectral import fft_centred
 
 __all__ = ["ESTIMATORS", "position_products", "unit_sums", "first_order_loss", "first_order_unit_losses",
@@ -263,7 +265,7 @@ def _estimates(model, images, labels, units, estimator, logits, steps, batch_siz
     bs = _auto_batch(c, h, w, batch_size)
     counter = counter if counter is not None else PassCounter(model)
     bar = tqdm(total=n, disable=not progress, desc=f"first-order ({estimator})", unit="img")
-    with eval_mode(model), _NoParamGrad(model), torch.enable_grad(), counter:
+    with eval_mode(model, cpu_channels_last=True), _NoParamGrad(model), torch.enable_grad(), counter:
         for start in range(0, n, bs):
             x = images[start : start + bs].to(dev)
             y = labels[start : start + bs].to(dev)

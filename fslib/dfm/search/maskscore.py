@@ -1,6 +1,6 @@
 """Score many frequency masks on the same images, every class at once.
 
-A mask search (:mod:`fslib.dfm_search.setsearch`, :mod:`fslib.dfm_search.hfss`) proposes
+A mask search (:mod:`fslib.dfm.search.setsearch`, :mod:`fslib.dfm.search.hfss`) proposes
 masks and needs, for each, how the model responds when only the mask's frequencies are kept
 in *every* image: the shortcut test's TPR and FPR of every class (as
 :func:`fslib.dfm.evaluate_dfms`), soft versions of both (mean softmax probability of the
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from fslib.dfm_search._dfm import eval_mode
+from fslib.inference import eval_mode
 from fslib.spectral import fft_centred, ifft_centred
 
 __all__ = ["MaskScores", "score_masks"]
@@ -104,7 +104,7 @@ def score_masks(
     loss = torch.zeros_like(pos_hits)
     g = min(n, batch_size)
     k_step = max(1, batch_size // g)
-    with eval_mode(model):
+    with eval_mode(model, cpu_channels_last=True):
         for gs in range(0, n, g):
             x = images[gs : gs + g].to(device)
             y = labels[gs : gs + g].to(device)

@@ -18,12 +18,12 @@ at 32 px and 4, 8, 16, 28, 56, 112 at 224 px, as in the released tables):
 * The upper half is mirrored onto the lower half.
 * Every mask filters every image (the centred spectrum of the normalised input times the
   mask, inverse FFT, real part) and is scored for all classes at once by the class-wise
-  cross-entropy (:func:`fslib.dfm_search.maskscore.score_masks`); each class keeps its
+  cross-entropy (:func:`fslib.dfm.search.maskscore.score_masks`); each class keeps its
   ``top_n`` lowest-loss masks, the parents of the next stage. A class's DFM is its rank-1 mask
   of the last stage.
 
 Nothing in the objective penalises a mask that makes the model predict the class for every
-image; :mod:`fslib.dfm_search.setsearch` adds that term. Defects of the released code, and
+image; :mod:`fslib.dfm.search.setsearch` adds that term. Defects of the released code, and
 what this module does instead (``mirror="released"`` reproduces the first for comparison):
 
 1. The mirror is off by one: ``mask[223 - r, 223 - s] = mask[r, s]`` instead of the true
@@ -58,9 +58,9 @@ import torch
 from tqdm.auto import tqdm
 
 from fslib.device import resolve_device
-from fslib.dfm_search.maskscore import score_masks
-from fslib.dfm_search.result import PassCounter, SearchResult, check_fraction, check_inputs
-from fslib.dfm_search.subset import ablation_batch_size
+from fslib.dfm.search.maskscore import score_masks
+from fslib.dfm.search.result import PassCounter, SearchResult, check_fraction, check_inputs
+from fslib.dfm.search.subset import ablation_batch_size
 from fslib.io import load_npz, save_npz
 from fslib.spectral import conjugate_mirror, fft_centred, symmetrize_mask
 

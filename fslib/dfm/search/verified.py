@@ -4,7 +4,7 @@ A DFM is decided by the exact class losses of a few units (the top 5 % of positi
 exact ablation of all units is mostly spent on units that are nowhere near the top. A
 verified search (1) scores every unit with a cheap *screen*, (2) keeps the ``candidates x``
 DFM-size best units of each class and (3) ablates those exactly on that class's images
-(:func:`fslib.dfm_search.subset.ablation_loss_subset`). The DFM is then thresholded from the
+(:func:`fslib.dfm.search.subset.ablation_loss_subset`). The DFM is then thresholded from the
 exact values of the candidates alone.
 
 Guarantee: the verified DFM of a class equals the exact DFM
@@ -16,9 +16,9 @@ every pair that reaches that value the unit giving it is a candidate, so the ran
 ties and stopping point are the same. :func:`contains_exact_top` reports, where the full exact
 maps exist, for which classes this holds.
 
-Screens: ``"tangent"`` and ``"logit"`` (:mod:`fslib.dfm_search.firstorder`) or any
+Screens: ``"tangent"`` and ``"logit"`` (:mod:`fslib.dfm.search.firstorder`) or any
 ``(C, H, W)`` map given as ``screen_maps`` (higher = more important), e.g. an exact ablation
-of coarse blocks. :func:`fslib.dfm_search.race.race_dfms` is a verified search whose screen is
+of coarse blocks. :func:`fslib.dfm.search.race.race_dfms` is a verified search whose screen is
 the exact ablation on a growing subset of the images.
 """
 
@@ -29,10 +29,11 @@ import time
 
 import torch
 
-from fslib.dfm_search._dfm import ablation_units, dominant_frequency_maps
-from fslib.dfm_search.firstorder import ESTIMATORS, first_order_loss
-from fslib.dfm_search.result import PassCounter, SearchResult, check_fraction, check_inputs, check_maps
-from fslib.dfm_search.subset import ablation_loss_subset, map_to_units, units_to_map
+from fslib.dfm.search.firstorder import ESTIMATORS, first_order_loss
+from fslib.dfm.search.result import PassCounter, SearchResult, check_fraction, check_inputs, check_maps
+from fslib.dfm.search.subset import ablation_loss_subset, map_to_units, units_to_map
+from fslib.dfm.select import dominant_frequency_maps
+from fslib.dfm.units import ablation_units
 from fslib.spectral import conjugate_mirror, conjugate_pairs
 
 __all__ = ["dfm_unit_count", "select_candidates", "dfms_from_partial", "verified_dfms", "exact_top_units",
@@ -119,7 +120,7 @@ def verified_dfms(
     candidates : float > 0, candidates per class as a multiple of :func:`dfm_unit_count`
         (4: 104 of the 514 pairs at 32 px and 5 %, about a fifth of the exact cost)
     rectify : bool, rank by the rectified first-order screen
-        (:func:`fslib.dfm_search.firstorder.first_order_loss`): per image, estimated decreases
+        (:func:`fslib.dfm.search.firstorder.first_order_loss`): per image, estimated decreases
         count as no change; on a trained CIFAR-10 ResNet18 it held the exact top set where the
         signed estimate did not
     screen_maps : Tensor (num_classes, H, W) or None, the screen for ``screen="maps"``
