@@ -10,6 +10,7 @@ verdict live here, each stated in its docstring, so a chapter never invents its 
 * :func:`transfer_verdict`: claim 4, from the transfer of shortcuts to OOD images;
 * :func:`spread_verdict`, :func:`roles_verdict` (:func:`shallow_fraction`), :func:`mitigation_verdict`: Tsoy and
   Konstantinov's claims on where a shortcut lives (chapter 9);
+* :func:`search_verdict`, :func:`more_verdict`: chapter 7's fast searches against the exact ranking;
 * :func:`differences` and :func:`describe_recipe`: a training config against the paper's
   recipe (the ``TrainConfig`` defaults), as table rows or one line.
 """
@@ -69,6 +70,32 @@ def shortcut_verdict(table: pd.DataFrame, paper_tpr: float = 0.6, max_fpr: float
     if strong.any():
         return VERDICTS[0], strong
     return (VERDICTS[1] if table["shortcut"].astype(bool).any() else VERDICTS[2]), strong
+
+
+def search_verdict(iou_median: float, cost_ratio: float, min_iou: float = 0.9, max_cost: float = 0.25) -> str:
+    """Does a fast search reproduce the exact DFMs cheaply? "holds" when its median top-5 %
+    IoU with the exact DFMs reaches ``min_iou`` at no more than ``max_cost`` of the exact
+    cost (forward-equivalents), "partly" when only one of the two is met, "does not hold"
+    when neither (the targets of issue 17: IoU 0.9 at a quarter of the cost).
+
+    >>> search_verdict(0.95, 0.2), search_verdict(0.6, 0.2), search_verdict(0.6, 0.5)
+    ('holds', 'partly', 'does not hold')
+    """
+    met = int(float(iou_median) >= min_iou) + int(float(cost_ratio) <= max_cost)
+    return VERDICTS[2 - met]
+
+
+def more_verdict(n_method: int, n_baseline: int) -> str:
+    """Does a method find more (shortcut) classes than a baseline? "holds" when more,
+    "partly" when as many and at least one, "does not hold" otherwise.
+
+    >>> more_verdict(3, 2), more_verdict(2, 2), more_verdict(0, 0), more_verdict(1, 2)
+    ('holds', 'partly', 'does not hold', 'does not hold')
+    """
+    n_method, n_baseline = int(n_method), int(n_baseline)
+    if n_method > n_baseline:
+        return VERDICTS[0]
+    return VERDICTS[1] if n_method == n_baseline and n_method > 0 else VERDICTS[2]
 
 
 def transfer_verdict(transfer: Sequence[bool], ood_acc: Sequence[float]) -> str:

@@ -14,14 +14,17 @@ import torch.nn as nn
 from fslib import dfm
 from fslib.dfm.search import (
     PassCounter,
+    agreement,
     contains_exact_top,
     exact_top_units,
     first_order_dfms,
     first_order_loss,
     hfss,
     hfss_candidates,
+    method_summary,
     race_dfms,
     set_search,
+    unit_spearman,
     verified_dfms,
 )
 from fslib.dfm.search.result import load_result, save_result
@@ -484,3 +487,54 @@ def test_bad_inputs_get_clear_errors():
              progress=False)
     with pytest.raises(ValueError, match="penalty"):
         set_search(net, x, y, 3, penalty=-1, device="cpu", progress=False)
+
+
+# --------------------------------------------------------------------------- agreement with the exact ranking
+def test_agreement_is_perfect_for_the_exact_maps_and_falls_for_reversed_ones():
+    net = SmoothNet()
+    x, y = data()
+    exact = dfm.ablation_loss(net, x, y, 3, device="cpu", progress=False)
+    same = agreement(exact, dfm.dominant_frequency_maps(exact, 0.2), exact, top=0.2)
+    assert np.allclose(same["spearman"], 1.0) and np.allclose(same["iou"], 1.0)
+    flipped = -exact
+    other = agreement(flipped, dfm.dominant_frequency_maps(flipped, 0.2), exact, top=0.2)
+    assert np.allclose(other["spearman"], -1.0) and (other["iou"] < 0.5).all()
+    masks = agreement(dfm.dominant_frequency_maps(exact, 0.2).double(), dfm.dominant_frequency_maps(exact, 0.2),
+                      exact, top=0.2)
+    assert masks["spearman"].isna().all() and np.allclose(masks["iou"], 1.0)  # mask-only: no ranking to compare
+    partial = exact.clone()
+    partial[:, :4] = float("nan")  # unscored units leave the correlation, not the result
+    assert np.allclose(unit_spearman(partial, exact), 1.0)
+    with pytest.raises(ValueError, match="one shape"):
+        unit_spearman(exact[:2], exact)
+
+
+def test_method_summary_counts_cost_ratios_and_strong_classes():
+    import pandas as pd
+
+    t_exact = pd.DataFrame({"tpr": [0.9, 0.2], "fpr": [0.05, 0.0], "shortcut": [True, False], "n_freq": [50, 50]})
+    t_fast = pd.DataFrame({"tpr": [0.9, 0.8], "fpr": [0.5, 0.05], "shortcut": [True, True], "n_freq": [50, 52]})
+    prov = {"exact": {"forward_equivalents": 500, "seconds": 10.0}, "fast": {"forward_equivalents": 100}}
+    agr = {"fast": pd.DataFrame({"spearman": [0.5, 0.7], "iou": [0.2, 0.6]})}
+    s = method_summary(prov, agr, {"exact": t_exact, "fast": t_fast})
+    assert s.loc["fast", "x_exact"] == 0.2 and s.loc["exact", "x_exact"] == 1.0
+    assert s.loc["exact", "n_strong"] == 1 and s.loc["fast", "n_strong"] == 1 and s.loc["fast", "n_shortcut"] == 2
+    assert s.loc["fast", "iou_median"] == pytest.approx(0.4) and np.isnan(s.loc["exact", "iou_median"])
+    assert np.isnan(s.loc["fast", "seconds"])
+    with pytest.raises(ValueError, match="exact method"):
+        method_summary({"fast": prov["fast"]}, agr, {"fast": t_fast})
+
+
+def test_cost_agreement_plot_draws_one_dot_per_scored_method():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import pandas as pd
+
+    from fslib import plot
+
+    data = pd.DataFrame({"x_exact": [0.01, 0.2, 1.0], "iou_median": [0.3, 0.9, float("nan")],
+                         "iou_min": [0.1, 0.8, float("nan")]}, index=["a", "b", "c"])
+    fig, ax = plot.cost_agreement(data)
+    assert [t.get_text() for t in ax.texts] == ["a", "b"]
+    matplotlib.pyplot.close(fig)
