@@ -16,6 +16,7 @@ from fslib.dfm.search import (
     PassCounter,
     agreement,
     contains_exact_top,
+    error_by_radius,
     exact_top_units,
     first_order_dfms,
     first_order_loss,
@@ -538,3 +539,17 @@ def test_cost_agreement_plot_draws_one_dot_per_scored_method():
     fig, ax = plot.cost_agreement(data)
     assert [t.get_text() for t in ax.texts] == ["a", "b"]
     matplotlib.pyplot.close(fig)
+
+
+def test_error_by_radius_is_zero_for_the_exact_maps_and_locates_a_wrong_ring():
+    net = SmoothNet()
+    x, y = data(size=16)
+    exact = dfm.ablation_loss(net, x, y, 3, device="cpu", progress=False)
+    base = dfm.class_losses(net, x, y, 3, device="cpu")
+    same = error_by_radius(exact, exact, base, top=0.1)
+    assert (same["rel_error"] == 0).all() and same["recall"].dropna().eq(1).all()
+    assert same["exact_dfm_share"].sum() == pytest.approx(1.0) and same["positions"].sum() == 16 * 16
+    wrong = exact.clone()
+    wrong[:, 8, 8] = base + 10 * (exact[:, 8, 8] - base)  # DC's effect overestimated tenfold
+    table = error_by_radius(wrong, exact, base, top=0.1).set_index("ring")
+    assert table.loc["0-1", "rel_error"] == pytest.approx(9.0) and (table.drop("0-1")["rel_error"] == 0).all()

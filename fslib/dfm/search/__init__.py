@@ -20,7 +20,7 @@ registers them all in :data:`fslib.dfm.METHODS` (:mod:`~fslib.dfm.search.registr
   exact ranking, and what it costs.
 """
 
-from fslib.dfm.search.agreement import agreement, method_summary, unit_spearman
+from fslib.dfm.search.agreement import agreement, error_by_radius, method_summary, unit_spearman
 from fslib.dfm.search.firstorder import first_order_dfms, first_order_loss, first_order_unit_losses
 from fslib.dfm.search.hfss import hfss, hfss_candidates
 from fslib.dfm.search.race import race_dfms
@@ -36,5 +36,5 @@ __all__ = [
     "SearchResult", "PassCounter", "save_result", "load_result", "first_order_loss", "first_order_dfms",
     "first_order_unit_losses", "ablation_loss_subset", "verified_dfms", "race_dfms", "exact_top_units",
     "contains_exact_top", "set_search", "hfss", "hfss_candidates", "RANKERS", "MASK_METHODS", "complete_scores",
-    "register_all", "verified_units", "agreement", "unit_spearman", "method_summary",
+    "register_all", "verified_units", "agreement", "unit_spearman", "method_summary", "error_by_radius",
 ]

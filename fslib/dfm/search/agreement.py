@@ -7,6 +7,8 @@ A fast method is judged against the exact ranking of the same model on the same 
   groups the positions; a pair counts once, not twice);
 * :func:`agreement`: that, with the intersection over union of the two top-``top`` DFMs
   (:func:`fslib.dfm.iou`), per class;
+* :func:`error_by_radius`: where a method's estimate of a removal's effect goes wrong, ring
+  by ring from DC, and how much of the exact DFMs each ring holds;
 * :func:`method_summary`: one row per method of cost (forward-equivalents per ranking image
   and its ratio to the exact one, seconds), agreement (median and minimum over classes) and
   shortcut test (mean TPR / FPR on held-out images, classes beating the null, strong ones).
@@ -25,8 +27,11 @@ import torch
 from fslib.dfm.search.subset import map_to_units
 from fslib.dfm.select import dominant_frequency_maps, iou
 from fslib.dfm.units import ablation_units
+from fslib.spectral import radius_grid
 
-__all__ = ["unit_spearman", "agreement", "method_summary"]
+__all__ = ["unit_spearman", "agreement", "error_by_radius", "method_summary"]
+
+RINGS = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, float("inf"))  # ring edges in frequency bins from DC
 
 
 def _ranks(values: np.ndarray) -> np.ndarray:
@@ -93,6 +98,46 @@ def agreement(scores: torch.Tensor | None, dfms: torch.Tensor, exact: torch.Tens
     return pd.DataFrame({"name": names, "spearman": sp, "iou": ov})
 
 
+def error_by_radius(estimate: torch.Tensor, exact: torch.Tensor, base: torch.Tensor, top: float = 0.05,
+                    edges: Sequence[float] = RINGS) -> pd.DataFrame:
+    """Where an estimate of the removal effects goes wrong, ring by ring from DC.
+
+    Parameters
+    ----------
+    estimate, exact : Tensor, shape (C, H, W), estimated and exact class loss after each removal
+    base : Tensor, shape (C,), the class losses without removal (:func:`fslib.dfm.class_losses`)
+    top : float, the DFM size
+    edges : increasing ring edges in frequency bins (a ring is ``edges[i] <= r < edges[i + 1]``)
+
+    Returns
+    -------
+    DataFrame, one row per non-empty ring (``ring`` "a-b"): ``positions`` (per class),
+    ``rel_error`` (median over classes and positions of ``|est - exact| / |exact increase|``,
+    increases taken over ``base``), ``exact_dfm_share`` (share of the exact DFM positions in the
+    ring), ``recall`` (share of those the estimate's own DFM also holds; NaN where none).
+    """
+    if estimate.shape != exact.shape or exact.ndim != 3 or base.shape != exact.shape[:1]:
+        raise ValueError(f"need estimate and exact (C, H, W) and base (C,), got {tuple(estimate.shape)}, "
+                         f"{tuple(exact.shape)} and {tuple(base.shape)}")
+    est, ex = estimate.double().cpu(), exact.double().cpu()
+    inc = ex - base.double().cpu()[:, None, None]
+    err = (est - ex).abs() / inc.abs().clamp_min(1e-12)
+    r = radius_grid(ex.shape[1], ex.shape[2]).double()
+    d_ex = dominant_frequency_maps(ex, top)
+    d_est = dominant_frequency_maps(est.nan_to_num(nan=float("-inf")), top)
+    rows = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        ring = (r >= lo) & (r < hi)
+        if not ring.any():
+            continue
+        hit = d_ex & ring
+        rows.append({"ring": f"{lo:g}-{hi:g}", "positions": int(ring.sum()),
+                     "rel_error": float(err[:, ring].nanmedian()),
+                     "exact_dfm_share": float(hit.sum() / max(1, int(d_ex.sum()))),
+                     "recall": float((hit & d_est).sum() / hit.sum()) if hit.any() else float("nan")})
+    return pd.DataFrame(rows)
+
+
 def method_summary(provenance: Mapping[str, Mapping], agreements: Mapping[str, pd.DataFrame],
                    tables: Mapping[str, pd.DataFrame], *, exact: str = "exact", paper_tpr: float = 0.6,
                    max_fpr: float = 0.1) -> pd.DataFrame:
@@ -100,7 +145,8 @@ def method_summary(provenance: Mapping[str, Mapping], agreements: Mapping[str, p
 
     Parameters
     ----------
-    provenance : method -> provenance record of its ranking (``forward_equivalents``, ``seconds``)
+    provenance : method -> provenance record of its ranking (``forward_equivalents``, or
+        ``forwards`` and ``n_images`` for an exact ranking cached before it was recorded; ``seconds``)
     agreements : method -> :func:`agreement` table (the exact method may be missing)
     tables : method -> shortcut-test table (:func:`fslib.dfm.evaluate_dfms`) on held-out images
     exact : the key of the exact method, the reference of the cost ratios
@@ -116,12 +162,12 @@ def method_summary(provenance: Mapping[str, Mapping], agreements: Mapping[str, p
     """
     if exact not in provenance:
         raise ValueError(f"the exact method {exact!r} must be among the methods: {', '.join(provenance)}")
-    ref = float(provenance[exact]["forward_equivalents"])
+    ref = _fwd_eq(provenance[exact])
     rows = {}
     for name, prov in provenance.items():
         t, a = tables[name], agreements.get(name)
         strong = t["shortcut"].astype(bool) & (t["tpr"] >= paper_tpr) & (t["fpr"] <= max_fpr)
-        fe = float(prov["forward_equivalents"])
+        fe = _fwd_eq(prov)
         rows[name] = {
             "fwd_eq": fe, "x_exact": fe / ref, "seconds": float(prov.get("seconds", np.nan)),
             "spearman_median": float(a["spearman"].median()) if a is not None else np.nan,
@@ -132,3 +178,10 @@ def method_summary(provenance: Mapping[str, Mapping], agreements: Mapping[str, p
             "n_shortcut": int(t["shortcut"].astype(bool).sum()), "n_strong": int(strong.sum()),
         }
     return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def _fwd_eq(prov: Mapping) -> float:
+    """Forward-equivalents per ranking image of a provenance record."""
+    if "forward_equivalents" in prov:
+        return float(prov["forward_equivalents"])
+    return float(prov["forwards"]) / float(prov["n_images"])
