@@ -520,6 +520,7 @@ def test_method_summary_counts_cost_ratios_and_strong_classes():
     s = method_summary(prov, agr, {"exact": t_exact, "fast": t_fast})
     assert s.loc["fast", "x_exact"] == 0.2 and s.loc["exact", "x_exact"] == 1.0
     assert s.loc["exact", "n_strong"] == 1 and s.loc["fast", "n_strong"] == 1 and s.loc["fast", "n_shortcut"] == 2
+    assert s.loc["fast", "n_low_fpr"] == 1 and s.loc["exact", "n_low_fpr"] == 1
     assert s.loc["fast", "iou_median"] == pytest.approx(0.4) and np.isnan(s.loc["exact", "iou_median"])
     assert np.isnan(s.loc["fast", "seconds"])
     with pytest.raises(ValueError, match="exact method"):

@@ -158,7 +158,8 @@ def method_summary(provenance: Mapping[str, Mapping], agreements: Mapping[str, p
     DataFrame indexed by method: ``fwd_eq`` (per ranking image), ``x_exact`` (its ratio to the
     exact method's), ``seconds``, ``spearman_median``, ``spearman_min``, ``iou_median``,
     ``iou_min``, ``tpr``, ``fpr`` (means over classes), ``n_freq`` (mean DFM size),
-    ``n_shortcut``, ``n_strong``.
+    ``n_shortcut`` (classes beating the null), ``n_low_fpr`` (those with ``FPR <= max_fpr``),
+    ``n_strong``.
     """
     if exact not in provenance:
         raise ValueError(f"the exact method {exact!r} must be among the methods: {', '.join(provenance)}")
@@ -175,7 +176,8 @@ def method_summary(provenance: Mapping[str, Mapping], agreements: Mapping[str, p
             "iou_median": float(a["iou"].median()) if a is not None else np.nan,
             "iou_min": float(a["iou"].min()) if a is not None else np.nan,
             "tpr": float(t["tpr"].mean()), "fpr": float(t["fpr"].mean()), "n_freq": float(t["n_freq"].mean()),
-            "n_shortcut": int(t["shortcut"].astype(bool).sum()), "n_strong": int(strong.sum()),
+            "n_shortcut": int(t["shortcut"].astype(bool).sum()),
+            "n_low_fpr": int((t["shortcut"].astype(bool) & (t["fpr"] <= max_fpr)).sum()), "n_strong": int(strong.sum()),
         }
     return pd.DataFrame.from_dict(rows, orient="index")
 
