@@ -38,13 +38,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fslib import data, dfm, recipes, runs  # noqa: E402
+from fslib.dfm import search  # noqa: E402
 from fslib.dfm.search import (  # noqa: E402
     PassCounter,
     SearchResult,
@@ -55,7 +54,7 @@ from fslib.dfm.search import (  # noqa: E402
     set_search,
     verified_dfms,
 )
-from fslib.dfm.search.subset import ablation_batch_size, map_to_units, unit_image_losses  # noqa: E402
+from fslib.dfm.search.subset import ablation_batch_size, unit_image_losses  # noqa: E402
 from fslib.dfm.search.verified import dfm_unit_count  # noqa: E402
 from fslib.inference import eval_mode, normalize  # noqa: E402
 from fslib.io import write_json  # noqa: E402
@@ -79,20 +78,16 @@ def exact_result(model, x, y, num_classes, patch_size=1, progress=False) -> Sear
                         {"method": "exact", "settings": {"patch_size": patch_size}, **counter.record(len(y))})
 
 
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    ok = np.isfinite(a) & np.isfinite(b)
-    return float(pd.Series(a[ok]).corr(pd.Series(b[ok]), method="spearman"))
-
-
-def agreement(res: SearchResult, exact: SearchResult, units, patch_size: int) -> dict:
-    """Spearman (unit values, where the method has all of them) and IoU with the exact DFMs."""
-    out = {}
-    if res.maps is not None and not torch.isnan(res.maps).any():
-        ev, rv = map_to_units(exact.maps, units).numpy(), map_to_units(res.maps, units).numpy()
-        sp = np.array([spearman(rv[k], ev[k]) for k in range(len(ev))])
-        out.update(spearman_median=float(np.median(sp)), spearman_min=float(sp.min()))
-    iou = dfm.iou(res.dfms, exact.dfms).numpy()
-    out.update(iou_median=float(np.median(iou)), iou_min=float(iou.min()), iou=iou.tolist())
+def agreement(res: SearchResult, exact: SearchResult, patch_size: int) -> dict:
+    """Spearman (unit values, where the method has all of them) and IoU with the exact DFMs
+    (:func:`fslib.dfm.search.agreement`, as chapter 7), and for verified methods the share of
+    classes whose candidates hold the exact top set."""
+    scores = res.maps if res.maps is not None and not torch.isnan(res.maps).any() else None
+    table = search.agreement(scores, res.dfms, exact.maps, top=TOP, patch_size=patch_size)
+    out = {"iou_median": float(table["iou"].median()), "iou_min": float(table["iou"].min()),
+           "iou": table["iou"].round(3).tolist()}
+    if scores is not None:
+        out.update(spearman_median=float(table["spearman"].median()), spearman_min=float(table["spearman"].min()))
     if "candidates" in res.extras:
         held = contains_exact_top(res.extras["candidates"], exact.maps, TOP, patch_size)
         out["contains_top"] = float(held.double().mean())
@@ -187,7 +182,6 @@ def part_32(args) -> dict:
     x, y = run.normalize(test.images[rank]), test.labels[rank]
     xs, ys = run.normalize(test.images[score]), test.labels[score]
     c = int(test.labels.max()) + 1
-    units = dfm.ablation_units(32, 32)
     print(f"\n== 32 px: {Path(run.path).name} (test accuracy {run.metrics['test_acc']:.3f}); "
           f"{len(y)} ranking and {len(ys)} scoring test images; {torch.get_num_threads()} threads ==")
     exact, w_ex, c_ex = timed(lambda: exact_result(model, x, y, c))
@@ -199,7 +193,7 @@ def part_32(args) -> dict:
                "wall": wall, "wall_ratio": wall / w_ex, "cpu": cpu, "cpu_ratio": cpu / c_ex,
                "settings": res.provenance.get("settings")}
         if name != "exact":
-            row.update(agreement(res, exact, units, 1))
+            row.update(agreement(res, exact, 1))
         row.update(shortcut_summary(model, xs, ys, res.dfms, args.n_null, args.seed))
         rows.append(row)
         print(f"  {name}: {wall:.1f} s", flush=True)
@@ -306,7 +300,7 @@ def main() -> None:
     p.add_argument("--prefilter-224", type=float, default=0.25)
     p.add_argument("--rate-units", type=int, default=64, help="units timed for the exact extrapolation at 224 px")
     p.add_argument("--rate-images", type=int, default=8, help="images timed for the exact extrapolation at 224 px")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (the book's machine is shared: 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--train", action="store_true", help="resume an unfinished CIFAR-10 run folder here")
