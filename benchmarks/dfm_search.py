@@ -134,6 +134,8 @@ def methods_32(args) -> dict:
         "verified (signed tangent, 4x)": lambda *a: verified_dfms(*a, rectify=False, **kw),
         "verified (rectified tangent, 4x)": lambda *a: verified_dfms(*a, **kw),
         "verified (rectified logit, 4x)": lambda *a: verified_dfms(*a, screen="logit", **kw),
+        **{f"verified (rectified tangent, {n:g}x)": (lambda *a, n=n: verified_dfms(*a, candidates=n, **kw))
+           for n in args.verified_candidates if n != 4.0},
         "verified (rectified tangent, adaptive)": lambda *a: verified_dfms(*a, candidates=2.0, adaptive=True,
                                                                           z=1.0, **kw),
         "race (default schedule)": lambda *a: race_dfms(*a, **kw),
@@ -289,6 +291,8 @@ def main() -> None:
     p.add_argument("--n-null", type=int, default=20, help="random null masks per class in the shortcut test")
     p.add_argument("--hfss-candidates", type=int, default=500, help="HFSS masks per stage (released: 500)")
     p.add_argument("--set-rounds", type=int, default=3, help="set-search rounds per level")
+    p.add_argument("--verified-candidates", type=float, nargs="*", default=[4.0],
+                   help="more verified rows: candidates per class as multiples of the DFM size")
     p.add_argument("--methods", nargs="*", default=None, help="substrings of the 32-px methods to run")
     p.add_argument("--n-rank-224", type=int, default=500)
     p.add_argument("--n-score-224", type=int, default=300)
