@@ -129,8 +129,8 @@ def cost_agreement(data: pd.DataFrame, ax: AxesArg = None, *, target_iou: float 
     if "iou_min" in rows:
         ax.vlines(x, rows["iou_min"].to_numpy(dtype=float), y, color="0.7", lw=1)
     ax.plot(x, y, "o", color="tab:blue")
-    for xi, yi, name in zip(x, y, rows.index):
-        ax.annotate(str(name), (xi, yi), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    for i, (xi, yi, name) in enumerate(zip(x, y, rows.index)):  # alternate above / below: close dots stay legible
+        ax.annotate(str(name), (xi, yi), textcoords="offset points", xytext=(4, 3 if i % 2 == 0 else -10), fontsize=7)
     ax.set_xscale("log")
     ax.set_ylim(0, 1.05)
     ax.set_xlabel("cost (forward-equivalents) / exact")
