@@ -14,6 +14,7 @@ verdict live here, each stated in its docstring, so a chapter never invents its 
 * :func:`gated_verdict`: a verdict whose precondition failed says so instead of a verdict;
 * :func:`shortcut_outcome`, :func:`mitigation_verdict` and :func:`mitigation_claim`: chapter 8,
   does a mitigation method remove frequency shortcuts, or move them?
+* :func:`search_verdict`, :func:`more_verdict`: chapter 7's fast searches against the exact ranking;
 * :func:`differences` and :func:`describe_recipe`: a training config against the paper's
   recipe (the ``TrainConfig`` defaults), as table rows or one line; :func:`markdown_table`
   shows such a table whole (no cell cut short).
@@ -115,6 +116,32 @@ def class_verdicts(table: pd.DataFrame, paper_tpr: float = 0.6, max_fpr: float =
     beats = table["shortcut"].astype(bool)
     return pd.Series([CLASS_VERDICTS[0] if s else CLASS_VERDICTS[1] if b else CLASS_VERDICTS[2]
                       for s, b in zip(strong, beats)], index=table.index, name="verdict")
+
+
+def search_verdict(iou_median: float, cost_ratio: float, min_iou: float = 0.9, max_cost: float = 0.25) -> str:
+    """Does a fast search reproduce the exact DFMs cheaply? "holds" when its median top-5 %
+    IoU with the exact DFMs reaches ``min_iou`` at no more than ``max_cost`` of the exact
+    cost (forward-equivalents), "partly" when only one of the two is met, "does not hold"
+    when neither (the targets of issue 17: IoU 0.9 at a quarter of the cost).
+
+    >>> search_verdict(0.95, 0.2), search_verdict(0.6, 0.2), search_verdict(0.6, 0.5)
+    ('holds', 'partly', 'does not hold')
+    """
+    met = int(float(iou_median) >= min_iou) + int(float(cost_ratio) <= max_cost)
+    return VERDICTS[2 - met]
+
+
+def more_verdict(n_method: int, n_baseline: int) -> str:
+    """Does a method find more (shortcut) classes than a baseline? "holds" when more,
+    "partly" when as many and at least one, "does not hold" otherwise.
+
+    >>> more_verdict(3, 2), more_verdict(2, 2), more_verdict(0, 0), more_verdict(1, 2)
+    ('holds', 'partly', 'does not hold', 'does not hold')
+    """
+    n_method, n_baseline = int(n_method), int(n_baseline)
+    if n_method > n_baseline:
+        return VERDICTS[0]
+    return VERDICTS[1] if n_method == n_baseline and n_method > 0 else VERDICTS[2]
 
 
 def transfer_verdict(transfer: Sequence[bool], ood_acc: Sequence[float]) -> str:

@@ -224,6 +224,11 @@ DOMAINS: dict[str | tuple[str, str], Domain] = {
     "min_share": SHARE, "min_gain": SHARE, "slow_factor": Domain(low=0.0, high=1.0, low_open=True, why="a multiplier <= 1"),
     "mitigations": Domain(choices=("slow", "freeze")),
     "mitigation_seeds": Domain(low=SEED.low, high=SEED.high, why=SEED.why),
+    # chapter 7
+    "candidates": Domain(low=1.0, high=1_000.0, why="units checked exactly, x the DFM size (1: the DFM itself)"),
+    "set_rounds": count(100, "rounds of proposals per level"), "set_proposals": count(100, "masks per class per round"),
+    "hfss_candidates": count(10_000, "candidate masks per stage"),
+    "n_timing": count(1_000, "images per class"),
     # chapter 10
     "mix_dim": count(10_000, "dimensions of the Gaussian mixture", low=2),
     "mix_dim_over": count(100_000, "dimensions of the over-parameterised mixture", low=2),

@@ -20,11 +20,14 @@ DFM-filtered images are still recognised (high TPR, low FPR) has a frequency sho
 * :mod:`~fslib.dfm.protocol`: the book's protocol for any :class:`fslib.inference.Analysable`
   (rank on some images, score on others, cached): :func:`shortcut_analysis`.
 * :mod:`~fslib.dfm.describe`: where DFMs sit in the spectrum and what they overlap.
+* :mod:`~fslib.dfm.search`: the fast search methods (first-order maps, verified DFMs, races,
+  set search, HFSS), registered in ``METHODS`` on import.
 
 Positions are in the centred layout of :mod:`fslib.spectral` (DC at ``(H // 2, W // 2)``).
 """
 
 from fslib.artefacts import ArtefactDamaged, ArtefactWarning
+from fslib.dfm import search  # noqa: E402,F401  registers the fast methods in METHODS
 from fslib.dfm.ablation import ablation_loss, class_losses
 from fslib.dfm.config import PAPER_THRESHOLDS, DFMConfig
 from fslib.dfm.describe import dfm_profile, example_filtered, planted_overlap

@@ -9,7 +9,9 @@ named by :attr:`fslib.dfm.DFMConfig.method` and caches what it returns under a k
 includes the method and its options.
 
 ``"exact"`` is the paper's ranking (:func:`fslib.dfm.ablation_loss`); other methods register
-themselves with :func:`register_method`.
+themselves with :func:`register_method` (those of :mod:`fslib.dfm.search` when :mod:`fslib.dfm`
+is imported). ``info["forward_equivalents"]`` is a method's cost per ranking image (one
+image through a forward pass is 1, through a backward pass 2).
 
 A method may also register a cost function, ``estimate(config, image_shape, n_images,
 num_classes, *, device, batch_size, probe) -> Cost``: how many image forward passes
@@ -81,7 +83,7 @@ def _exact(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, n
     loss = ablation_loss(model, images, labels, num_classes, patch_size=config.patch_size, batch_size=batch_size,
                          device=device, progress=progress, checkpoint=checkpoint)
     units = len(ablation_units(images.shape[2], images.shape[3], config.patch_size))
-    return Ranking(loss, None, {"units": units, "forwards": units * len(labels)})
+    return Ranking(loss, None, {"units": units, "forwards": units * len(labels), "forward_equivalents": units})
 
 
 @torch.inference_mode()
