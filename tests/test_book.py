@@ -589,3 +589,12 @@ def test_interactive_extra_offers_jupyterlab_with_jupytext():
     names = " ".join(extras["interactive"])
     assert "jupyterlab" in names and "jupytext" in names
     assert ".[book,interactive]" in (ROOT / "README.md").read_text()
+
+
+def test_the_bibliography_parses_and_holds_every_cited_key():
+    from pybtex.database import parse_file
+
+    entries = parse_file(str(ROOT / "book" / "references.bib")).entries  # a broken entry raises here, naming its line
+    cited = {key for path in (ROOT / "book").glob("*.md")
+             for group in re.findall(r"\{cite[pt]?\}`([^`]+)`", path.read_text()) for key in group.split(",")}
+    assert cited and not {k.strip() for k in cited} - set(entries)
