@@ -176,7 +176,7 @@ def train_grid(
 
 
 def measure_run(run: runs.Run, *, threshold: float = 0.9, tolerance: float = 0.1, max_fpr: float = 0.1,
-                n_bandstop: int | None = None) -> dict[str, Any]:
+                n_bandstop: int | None = None, bandstop: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The chapter-2 quantities of one synthetic run.
 
     "Learned" is :func:`fslib.dynamics.learned_at` on the run's test-set records within its
@@ -184,11 +184,21 @@ def measure_run(run: runs.Run, *, threshold: float = 0.9, tolerance: float = 0.1
     its accuracy on the original images (:func:`fslib.dynamics.bandstop_test`), averaged
     over the six band pairs.
 
+    Parameters
+    ----------
+    run : a finished synthetic run with test-set tracking records
+    threshold, tolerance, max_fpr : the definition of learned (:func:`fslib.dynamics.learned_at`)
+    n_bandstop : test images of the band-stop test (None: the run's ``n_test``)
+    bandstop : the run's :func:`fslib.dynamics.bandstop_test` result if already computed
+        (``n_bandstop`` is then unused)
+
     Returns
     -------
     dict with first (the class or tied classes learned first, ``"-"`` if none), c3_first
     (bool, ties count), c3_alone (bool), c2_retention, others_retention (mean over C0, C1,
-    C3), test_acc, iterations, train_seconds and bandstop_seconds (measured now).
+    C3), test_acc, iterations, train_seconds (wall) and train_cpu_seconds (CPU, all
+    threads; NaN for runs cached before it was recorded), both measured when the run was
+    trained, and bandstop_seconds (wall, now).
     """
     cfg = run.config
     if run.tracking.empty or "test" not in set(run.tracking["set"]):
@@ -199,7 +209,8 @@ def measure_run(run: runs.Run, *, threshold: float = 0.9, tolerance: float = 0.1
     it = first.set_index("class")["iteration"]
     learned_first = it.notna() & (it == it.min())
     t0 = time.perf_counter()
-    stop = dynamics.bandstop_accuracy_table({(cfg.dataset, cfg.seed): dynamics.bandstop_test(run, n=n_bandstop)})
+    result = dynamics.bandstop_test(run, n=n_bandstop) if bandstop is None else bandstop
+    stop = dynamics.bandstop_accuracy_table({(cfg.dataset, cfg.seed): result})
     retention = stop[stop["removed"] != "none"].groupby("class")["retention"].mean()
     return {
         "first": dynamics.rank_orders(first, SYNTHETIC_CLASSES)["first"].iloc[0],
@@ -210,21 +221,31 @@ def measure_run(run: runs.Run, *, threshold: float = 0.9, tolerance: float = 0.1
         "test_acc": float(run.metrics["test_acc"]),
         "iterations": int(run.metrics["iterations"]),
         "train_seconds": float(run.metrics["train_seconds"]),
+        "train_cpu_seconds": float(run.metrics.get("train_cpu_seconds", float("nan"))),
         "bandstop_seconds": time.perf_counter() - t0,
     }
 
 
-def run_table(grid: Mapping[tuple[str, str, int], runs.Run], **kwargs) -> pd.DataFrame:
+def run_table(grid: Mapping[tuple[str, str, int], runs.Run],
+              bandstop: Mapping[tuple[str, str, int], Mapping[str, Any]] | None = None, **kwargs) -> pd.DataFrame:
     """:func:`measure_run` of every run of :func:`train_grid`, one row per run.
+
+    Parameters
+    ----------
+    grid : ``(setting, dataset, seed) -> Run``
+    bandstop : band-stop results already computed, under the same keys (e.g. the chapter's own)
+    kwargs : passed to :func:`measure_run`
 
     Returns
     -------
     DataFrame with columns setting, dataset, seed, run (the cache folder), then the keys of
-    :func:`measure_run`; ``kwargs`` go to it.
+    :func:`measure_run`.
     """
     if not grid:
         raise ValueError("no runs given")
-    rows = [{"setting": name, "dataset": d, "seed": int(s), "run": run.path.name, **measure_run(run, **kwargs)}
+    bandstop = bandstop or {}
+    rows = [{"setting": name, "dataset": d, "seed": int(s), "run": run.path.name,
+             **measure_run(run, bandstop=bandstop.get((name, d, s)), **kwargs)}
             for (name, d, s), run in grid.items()]
     return pd.DataFrame(rows)
 

@@ -151,3 +151,8 @@ def test_run_table_has_one_row_per_run_measured_with_the_chapter_definitions(tin
         assert row.iterations == 6
     v = sensitivity.claim_verdicts(table)
     assert list(v.index) == ["none", "flipcrop"] and (v["runs"] == 2).all()
+    given = {key: dynamics.bandstop_test(run, n=16) for key, run in grid.items()}  # precomputed results are used
+    reused = sensitivity.run_table(grid, bandstop=given, threshold=0.5, n_bandstop=32)
+    for (key, r), c2 in zip(given.items(), reused["c2_retention"]):
+        ratio = r["acc_bandstop"][:, 2] / r["acc_original"][2] if r["acc_original"][2] > 0 else np.nan
+        assert c2 == pytest.approx(np.mean(ratio), nan_ok=True), key
