@@ -268,7 +268,8 @@ def claim_verdicts(table: pd.DataFrame, *, high: str = "syn_b4", keep: float = 0
     -------
     DataFrame indexed by setting (in the table's order) with, per claim ``k``, the columns
     ``k`` (verdict), ``k_n`` and ``k_total`` (the counts behind it), plus runs,
-    c2_retention and others_retention (means over all runs).
+    c2_retention, others_retention and test_acc (means over the runs; test_acc NaN if the
+    table has no such column).
     """
     if not 0 < keep <= 1:
         raise ValueError(f"keep must lie in (0, 1], got {keep!r}")
@@ -283,12 +284,14 @@ def claim_verdicts(table: pd.DataFrame, *, high: str = "syn_b4", keep: float = 0
                "1a_n": int(g["c3_first"].sum()), "1a_total": len(g),
                "1b_n": int(on_high["c3_first"].sum()), "1b_total": len(on_high),
                "1c_n": int((per_set >= keep).sum()), "1c_total": len(per_set),
-               "c2_retention": float(g["c2_retention"].mean()), "others_retention": float(g["others_retention"].mean())}
+               "c2_retention": float(g["c2_retention"].mean()), "others_retention": float(g["others_retention"].mean()),
+               "test_acc": float(g["test_acc"].mean()) if "test_acc" in g else float("nan")}
         for claim in CLAIMS:
             n, total = row[f"{claim}_n"], row[f"{claim}_total"]
             row[claim] = report.count_verdict(n, total) if total else report.NOT_JUDGED
         rows.append(row)
-    cols = ["runs", *(c for k in CLAIMS for c in (k, f"{k}_n", f"{k}_total")), "c2_retention", "others_retention"]
+    cols = ["runs", *(c for k in CLAIMS for c in (k, f"{k}_n", f"{k}_total")), "c2_retention", "others_retention",
+            "test_acc"]
     return pd.DataFrame(rows).set_index("setting")[cols]
 
 
@@ -298,15 +301,17 @@ def verdict_cells(verdicts: pd.DataFrame, default: str | None = None) -> pd.Data
     Returns
     -------
     DataFrame indexed by setting, one column per claim of :data:`CLAIMS`, plus "C2 / others
-    retention".
+    retention" and "test accuracy" (means over the runs).
     """
     if default is not None and default not in verdicts.index:
         raise ValueError(f"default setting {default!r} is not in the table; settings: {list(verdicts.index)}")
     out = pd.DataFrame({k: [f"{v} ({n}/{t})" if t else v for v, n, t in
                             zip(verdicts[k], verdicts[f"{k}_n"], verdicts[f"{k}_total"])] for k in CLAIMS},
                        index=verdicts.index)
-    out["C2 / others retention"] = [f"{a:.2f} / {b:.2f}" for a, b in zip(verdicts["c2_retention"],
-                                                                         verdicts["others_retention"])]
+    show = (lambda x: f"{x:.2f}" if pd.notna(x) else "-")  # NaN: a class with no correct original image
+    out["C2 / others retention"] = [f"{show(a)} / {show(b)}" for a, b in zip(verdicts["c2_retention"],
+                                                                             verdicts["others_retention"])]
+    out["test accuracy"] = [f"{a:.0%}" for a in verdicts["test_acc"]]
     out.index = [f"{s} (default)" if s == default else s for s in verdicts.index]
     out.index.name = "setting"
     return out
