@@ -295,6 +295,10 @@ def claim_verdicts(table: pd.DataFrame, *, high: str = "syn_b4", keep: float = 0
     return pd.DataFrame(rows).set_index("setting")[cols]
 
 
+def _share(x: float) -> str:
+    return f"{x:.2f}" if pd.notna(x) else "-"  # NaN: the class had no correct original image in any run
+
+
 def verdict_cells(verdicts: pd.DataFrame, default: str | None = None) -> pd.DataFrame:
     """The verdicts as table cells, ``"partly (4/12)"``; the ``default`` setting's name gets " (default)".
 
@@ -308,8 +312,7 @@ def verdict_cells(verdicts: pd.DataFrame, default: str | None = None) -> pd.Data
     out = pd.DataFrame({k: [f"{v} ({n}/{t})" if t else v for v, n, t in
                             zip(verdicts[k], verdicts[f"{k}_n"], verdicts[f"{k}_total"])] for k in CLAIMS},
                        index=verdicts.index)
-    show = (lambda x: f"{x:.2f}" if pd.notna(x) else "-")  # NaN: a class with no correct original image
-    out["C2 / others retention"] = [f"{show(a)} / {show(b)}" for a, b in zip(verdicts["c2_retention"],
+    out["C2 / others retention"] = [f"{_share(a)} / {_share(b)}" for a, b in zip(verdicts["c2_retention"],
                                                                              verdicts["others_retention"])]
     out["test accuracy"] = [f"{a:.0%}" for a in verdicts["test_acc"]]
     out.index = [f"{s} (default)" if s == default else s for s in verdicts.index]
