@@ -18,6 +18,7 @@ DFM-filtered images are still recognised (high TPR, low FPR) has a frequency sho
 * :mod:`~fslib.dfm.protocol`: the book's protocol for any :class:`fslib.inference.Analysable`
   (rank on some images, score on others, cached): :func:`shortcut_analysis`.
 * :mod:`~fslib.dfm.describe`: where DFMs sit in the spectrum and what they overlap.
+* :mod:`~fslib.dfm.split_half`: do two disjoint ranking sets give the same DFM?
 
 Positions are in the centred layout of :mod:`fslib.spectral` (DC at ``(H // 2, W // 2)``).
 """
@@ -38,6 +39,7 @@ from fslib.dfm.protocol import (
 )
 from fslib.dfm.select import dominant_frequency_maps, iou
 from fslib.dfm.shortcut_test import evaluate_dfms
+from fslib.dfm.split_half import chunk_indices, chunk_loss_maps, spearman, split_half, split_half_summary
 from fslib.dfm.store import SavedDFMs, load_dfms, save_dfms
 from fslib.dfm.units import AblationUnits, ablation_units
 
@@ -46,5 +48,6 @@ __all__ = [
     "ablation_loss", "class_losses", "dominant_frequency_maps", "iou", "evaluate_dfms", "SavedDFMs", "save_dfms",
     "load_dfms", "rank_score_split", "dfm_cache_path", "run_dfms", "run_shortcut_test", "shortcut_test_sweep",
     "ShortcutAnalysis", "shortcut_analysis", "planted_overlap", "dfm_profile", "example_filtered",
-    "ArtefactDamaged", "ArtefactWarning",
+    "ArtefactDamaged", "ArtefactWarning", "chunk_indices", "chunk_loss_maps", "spearman", "split_half",
+    "split_half_summary",
 ]
