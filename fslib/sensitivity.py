@@ -323,15 +323,22 @@ def verdict_cells(verdicts: pd.DataFrame, default: str | None = None) -> pd.Data
 def summary(verdicts: pd.DataFrame, claim: str) -> str:
     """Under which settings ``claim`` holds, partly holds and does not hold, in words.
 
-    >>> v = pd.DataFrame({"1a": ["holds", "partly", "partly"]}, index=["none", "official", "flipcrop"])
+    "holds" is always named (``"holds under no setting"`` when none); the other verdicts
+    only when some setting has them.
+
+    >>> v = pd.DataFrame({"1a": ["partly", "partly", "does not hold"]}, index=["none", "official", "flipcrop"])
     >>> summary(v, "1a")
-    'holds under none; partly under official, flipcrop; does not hold under no setting'
+    'holds under no setting; partly under none and official; does not hold under flipcrop'
     """
     if claim not in CLAIMS:
         raise ValueError(f"unknown claim {claim!r}; valid: {', '.join(CLAIMS)}")
-    groups = [(v, [str(s) for s in verdicts.index[verdicts[claim] == v]]) for v in report.VERDICTS]
-    parts = [f"{v} under {', '.join(names) if names else 'no setting'}" for v, names in groups]
-    judged = verdicts[claim].isin(report.VERDICTS)
-    if not judged.all():
-        parts.append(f"not judged under {', '.join(map(str, verdicts.index[~judged]))}")
+
+    def names(settings: list[str]) -> str:
+        return settings[0] if len(settings) == 1 else f"{', '.join(settings[:-1])} and {settings[-1]}"
+
+    parts = []
+    for v in (*report.VERDICTS, report.NOT_JUDGED):
+        settings = [str(s) for s in verdicts.index[verdicts[claim] == v]]
+        if settings or v == report.VERDICTS[0]:
+            parts.append(f"{v} under {names(settings) if settings else 'no setting'}")
     return "; ".join(parts)

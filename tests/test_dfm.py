@@ -795,3 +795,16 @@ def test_split_half_agrees_perfectly_on_identical_chunks_and_less_on_noise():
     assert (summary["iou_low"] <= summary["iou"]).all() and (summary["iou"] <= summary["iou_high"]).all()
     with pytest.raises(ValueError, match="chunks per half must lie in 1..3"):
         dfm.split_half(noisy, [4])
+
+
+def test_split_half_curves_draws_both_measures():
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from fslib.plot import split_half_curves
+    summary = pd.DataFrame({"iou": [0.2, 0.4], "iou_low": [0.1, 0.3], "iou_high": [0.3, 0.5], "spearman": [0.3, 0.6],
+                            "spearman_low": [0.2, 0.5], "spearman_high": [0.4, 0.7]},
+                           index=pd.Index([10, 20], name="per_class"))
+    fig, ax = split_half_curves(summary)
+    assert len(ax.lines) == 2 and list(ax.get_xticks()) == [10, 20]
+    plt.close(fig)

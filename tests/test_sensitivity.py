@@ -99,8 +99,12 @@ def test_cells_mark_the_default_and_summary_names_every_setting():
     assert cells.loc["a", "1a"] == f"{v.loc['a', '1a']} ({v.loc['a', '1a_n']}/6)"
     with pytest.raises(ValueError, match="default setting 'z'"):
         sensitivity.verdict_cells(v, default="z")
+    v = sensitivity.claim_verdicts(random_table(3, settings=("s_one", "s_two", "s_three")))
     text = sensitivity.summary(v, "1c")
-    assert all(s in text for s in "abc") and text.count(" under ") == 3
+    assert all(f"{verdict} under" in text for verdict in set(v["1c"])) and text.startswith("holds under")
+    for name in v.index:  # every setting is named once, after its own verdict
+        before = text[:text.index(name)]
+        assert text.count(name) == 1 and before[before.rfind(";") + 1:].strip().startswith(v.loc[name, "1c"])
     with pytest.raises(ValueError, match="unknown claim"):
         sensitivity.summary(v, "2")
 
