@@ -16,7 +16,8 @@ per module, in layers that import only from the layers above them:
   (Dominant Frequency Maps and the shortcut test);
 * chapters' helpers: :mod:`~fslib.dynamics`, :mod:`~fslib.ood`, :mod:`~fslib.compare`,
   :mod:`~fslib.report` (verdict rules, differences from the paper);
-* figures: :mod:`~fslib.plot`; tooling: :mod:`~fslib.book`, :mod:`~fslib.cli`.
+* figures: :mod:`~fslib.plot`; tooling: :mod:`~fslib.shortcuts` (your own model: the API and
+  ``python -m fslib shortcuts``), :mod:`~fslib.book`, :mod:`~fslib.cli`.
 """
 
 __version__ = "0.1.0"

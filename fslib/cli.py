@@ -1,4 +1,4 @@
-"""Command line: ``python -m fslib run|build|profiles|data|train``.
+"""Command line: ``python -m fslib run|build|profiles|export|data|train|shortcuts``.
 
 ``train`` also runs under ``torchrun --nproc-per-node N -m fslib train ...`` (one process per GPU,
 or per CPU process with gloo): the processes train one run together (:mod:`fslib.distributed`).
@@ -21,6 +21,7 @@ import threading
 from pathlib import Path
 
 from fslib import book, data, distributed, paths, recipes, runs, train
+from fslib.shortcuts import command as shortcuts_command
 
 USAGE_ERROR = 2
 INTERRUPTED = 130  # as a shell reports a process stopped by SIGINT
@@ -72,6 +73,10 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--scale", default="default", help="smoke | default | paper (default: %(default)s)")
     fit.add_argument("--device", default="auto", help="auto (CUDA when present; under torchrun this rank's GPU), cpu, cuda")
+    shortcuts_command.add_arguments(sub.add_parser(
+        "shortcuts", help="frequency shortcuts of your own model on an image folder",
+        description="Rank Dominant Frequency Maps of any classifier on some images of DATA, test them on others, "
+                    "and write DFMs, a TPR/FPR table, figures and a report to --out."))
     return parser
 
 
@@ -111,6 +116,8 @@ def _train(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     paths.pin_environment()  # a relative FSLIB_CACHE / FSLIB_DATA means the same folder here and in the kernels
+    if args.command == "shortcuts":
+        return shortcuts_command.run(args)
     previous = _terminate_like_ctrl_c()
     try:
         if args.command == "run":

@@ -75,9 +75,18 @@ def barrier() -> None:
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum ``t`` over the ranks, in place, and return it (unchanged in a single process)."""
+    """Sum ``t`` over the ranks, in place, and return it (unchanged in a single process).
+
+    NCCL reduces GPU tensors only: a CPU tensor (the ablation's and first-order maps' float64
+    sums) goes through this rank's GPU and back.
+    """
     if world()[1] > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        if dist.get_backend() == "nccl" and t.device.type == "cpu":
+            on_gpu = t.to(f"cuda:{torch.cuda.current_device()}")
+            dist.all_reduce(on_gpu, op=dist.ReduceOp.SUM)
+            t.copy_(on_gpu.cpu())
+        else:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 
 

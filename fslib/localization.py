@@ -476,8 +476,8 @@ def mitigation_table(pairs: Mapping[tuple[str, int], Mapping[str, Run]], targets
 
     Returns
     -------
-    DataFrame: ``arch``, ``seed``, ``intervention`` (``"none (clean data)"`` and ``"none
-    (skewed data)"`` for the two trained models), ``blocks``, the test-set accuracies and
+    DataFrame: ``arch``, ``seed``, ``intervention`` (``"none (clean data)"`` and
+    ``"none (skewed data)"`` for the two trained models), ``blocks``, the test-set accuracies and
     ``follows_pattern``.
     """
     subjects, blocks_of = {}, {}

@@ -85,8 +85,8 @@ def jacobians(model: nn.Module, inputs: torch.Tensor, batch_size: int = 16) -> t
 
     Returns
     -------
-    Tensor, shape (N, C, P), the model's dtype, on the model's device: ``[i, a, p] =
-    d f_a(x_i) / d theta_p`` with the parameters flattened in ``named_parameters`` order.
+    Tensor, shape (N, C, P), the model's dtype, on the model's device:
+    ``[i, a, p] = d f_a(x_i) / d theta_p`` with the parameters flattened in ``named_parameters`` order.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")

@@ -394,8 +394,8 @@ def data_kernels(train: torch.Tensor, test: torch.Tensor, cnn: LinearCircularCNN
     ----------
     train : Tensor (N, C, H, W) and test : Tensor (M, C, H, W), the model's input
     cnn : the :class:`LinearCircularCNN` whose (trace) NTK is used
-    filter_sizes : the quadratic circular CNNs (:func:`quadratic_cnn_ntk`, ``filter_std =
-        readout_std``), by filter side (None: full size)
+    filter_sizes : the quadratic circular CNNs (:func:`quadratic_cnn_ntk`,
+        ``filter_std = readout_std``), by filter side (None: full size)
 
     Returns
     -------

@@ -144,9 +144,9 @@ def population_moments(config: MixtureConfig) -> tuple[torch.Tensor, torch.Tenso
     Returns
     -------
     (moment, correlation) : Tensor (2, 2) and Tensor (2,), float64. With
-    ``rho`` the conflicting share, ``moment = [[a^2, a b (1 - 2 rho)], [a b (1 - 2 rho),
-    b^2]] + noise^2 I`` and ``correlation = (a, b (1 - 2 rho))`` (``a = core``,
-    ``b = shortcut``).
+    ``rho`` the conflicting share,
+    ``moment = [[a^2, a b (1 - 2 rho)], [a b (1 - 2 rho), b^2]] + noise^2 I`` and
+    ``correlation = (a, b (1 - 2 rho))`` (``a = core``, ``b = shortcut``).
     """
     a, b, r = config.core, config.shortcut, config.conflicting_fraction
     moment = torch.tensor([[a * a, a * b * (1 - 2 * r)], [a * b * (1 - 2 * r), b * b]], dtype=torch.float64)

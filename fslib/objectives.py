@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fslib.augment.adversarial import aaua_aad_objective
+
 if TYPE_CHECKING:  # annotations only: fslib.train imports this registry
     from fslib.train import TrainConfig
 
@@ -28,8 +30,9 @@ def _cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Trai
     return F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing), logits
 
 
-OBJECTIVES: dict[str, Objective] = {"ce": _cross_entropy}
-"""Training objectives by name (``TrainConfig.objective``); ``"ce"`` is the paper's cross-entropy."""
+OBJECTIVES: dict[str, Objective] = {"ce": _cross_entropy, "aaua_aad": aaua_aad_objective}
+"""Training objectives by name (``TrainConfig.objective``); ``"ce"`` is the paper's cross-entropy,
+``"aaua_aad"`` AAUA + AAD with a Jensen-Shannon consistency (:mod:`fslib.augment.adversarial`)."""
 
 
 def register_objective(name: str, fn: Objective) -> None:

@@ -6,11 +6,15 @@ verdict live here, each stated in its docstring, so a chapter never invents its 
 
 * :func:`count_verdict`: "holds" when a property holds in every case, "partly" in some,
   "does not hold" in none (claims 1a, 1b, 1c, 5);
-* :func:`shortcut_verdict`: claim 3, from a shortcut-test table;
+* :func:`shortcut_verdict`: claim 3, from a shortcut-test table; :func:`class_verdicts`:
+  the same rule read class by class;
 * :func:`transfer_verdict`: claim 4, from the transfer of shortcuts to OOD images;
-* :func:`spread_verdict`, :func:`roles_verdict` (:func:`shallow_fraction`), :func:`mitigation_verdict`: Tsoy and
+* :func:`spread_verdict`, :func:`roles_verdict` (:func:`shallow_fraction`), :func:`layerwise_mitigation_verdict`: Tsoy and
   Konstantinov's claims on where a shortcut lives (chapter 9);
 * :func:`gated_verdict`: a verdict whose precondition failed says so instead of a verdict;
+* :func:`shortcut_outcome`, :func:`mitigation_verdict` and :func:`mitigation_claim`: chapter 8,
+  does a mitigation method remove frequency shortcuts, or move them?
+* :func:`search_verdict`, :func:`more_verdict`: chapter 7's fast searches against the exact ranking;
 * :func:`differences` and :func:`describe_recipe`: a training config against the paper's
   recipe (the ``TrainConfig`` defaults), as table rows or one line; :func:`markdown_table`
   shows such a table whole (no cell cut short).
@@ -104,6 +108,53 @@ def gated_verdict(verdict: str, met: bool, precondition: str) -> str:
     if verdict not in VERDICTS:
         raise ValueError(f"unknown verdict {verdict!r}; valid: {', '.join(VERDICTS)}")
     return verdict if met else f"{NOT_JUDGED}: its precondition failed ({precondition})"
+
+
+CLASS_VERDICTS = ("strong shortcut", "beats the null", "no shortcut")
+"""A class's reading of the shortcut test (:func:`class_verdicts`), strongest first."""
+
+
+def class_verdicts(table: pd.DataFrame, paper_tpr: float = 0.6, max_fpr: float = 0.1) -> pd.Series:
+    """Each class's reading of the shortcut test, by the rule of :func:`shortcut_verdict`.
+
+    "strong shortcut": beats the null, ``TPR >= paper_tpr`` and ``FPR <= max_fpr``;
+    "beats the null": TPR above the null's 95th percentile but not strong; "no shortcut":
+    otherwise.
+
+    >>> t = pd.DataFrame({"tpr": [0.9, 0.7, 0.2], "fpr": [0.05, 0.3, 0.0], "shortcut": [True, True, False]})
+    >>> class_verdicts(t).tolist()
+    ['strong shortcut', 'beats the null', 'no shortcut']
+    """
+    _, strong = shortcut_verdict(table, paper_tpr, max_fpr)
+    beats = table["shortcut"].astype(bool)
+    return pd.Series([CLASS_VERDICTS[0] if s else CLASS_VERDICTS[1] if b else CLASS_VERDICTS[2]
+                      for s, b in zip(strong, beats)], index=table.index, name="verdict")
+
+
+def search_verdict(iou_median: float, cost_ratio: float, min_iou: float = 0.9, max_cost: float = 0.25) -> str:
+    """Does a fast search reproduce the exact DFMs cheaply? "holds" when its median top-5 %
+    IoU with the exact DFMs reaches ``min_iou`` at no more than ``max_cost`` of the exact
+    cost (forward-equivalents), "partly" when only one of the two is met, "does not hold"
+    when neither (the targets of issue 17: IoU 0.9 at a quarter of the cost).
+
+    >>> search_verdict(0.95, 0.2), search_verdict(0.6, 0.2), search_verdict(0.6, 0.5)
+    ('holds', 'partly', 'does not hold')
+    """
+    met = int(float(iou_median) >= min_iou) + int(float(cost_ratio) <= max_cost)
+    return VERDICTS[2 - met]
+
+
+def more_verdict(n_method: int, n_baseline: int) -> str:
+    """Does a method find more (shortcut) classes than a baseline? "holds" when more,
+    "partly" when as many and at least one, "does not hold" otherwise.
+
+    >>> more_verdict(3, 2), more_verdict(2, 2), more_verdict(0, 0), more_verdict(1, 2)
+    ('holds', 'partly', 'does not hold', 'does not hold')
+    """
+    n_method, n_baseline = int(n_method), int(n_baseline)
+    if n_method > n_baseline:
+        return VERDICTS[0]
+    return VERDICTS[1] if n_method == n_baseline and n_method > 0 else VERDICTS[2]
 
 
 def transfer_verdict(transfer: Sequence[bool], ood_acc: Sequence[float]) -> str:
@@ -204,13 +255,13 @@ def roles_verdict(encode: pd.Series, repair: pd.Series, shallow: Sequence[str], 
     return count_verdict(int(enc >= majority) + int(1 - rep >= majority), 2)
 
 
-def mitigation_verdict(gain_conflicting: Sequence[float], gain_clean: Sequence[float], min_gain: float = 0.02) -> str:
+def layerwise_mitigation_verdict(gain_conflicting: Sequence[float], gain_clean: Sequence[float], min_gain: float = 0.02) -> str:
     """"Freezing or slowing the blocks the measurement blames mitigates the shortcut": an
     intervention *helps* when it raises the mean accuracy on conflicting test images by at
     least ``min_gain`` over the plain skewed model and costs at most ``min_gain`` on clean
     ones; :func:`count_verdict` over the interventions tried.
 
-    >>> mitigation_verdict([0.10, 0.00], [0.01, 0.02])
+    >>> layerwise_mitigation_verdict([0.10, 0.00], [0.01, 0.02])
     'partly'
     """
     conf, clean = list(gain_conflicting), list(gain_clean)
@@ -218,6 +269,71 @@ def mitigation_verdict(gain_conflicting: Sequence[float], gain_clean: Sequence[f
         raise ValueError(f"need one clean gain per conflicting gain, got {len(conf)} and {len(clean)}")
     helps = sum(c >= min_gain and k >= -min_gain for c, k in zip(conf, clean))
     return count_verdict(helps, len(conf))
+SHORTCUT_OUTCOMES = ("kept", "moved", "removed", "new", "none")
+"""What became of one class after retraining (:func:`shortcut_outcome`)."""
+
+MITIGATION_VERDICTS = ("removes", "moves", "keeps", "nothing to remove")
+"""The answers of :func:`mitigation_verdict` to "does the method remove shortcuts, or move them?"."""
+
+
+def shortcut_outcome(before: bool, old_after: bool, new_after: bool) -> str:
+    """What became of one class's frequency shortcut when a model was retrained.
+
+    ``before``: the class's DFM passed the shortcut test on the source model; ``old_after``:
+    that same (old) DFM still passes on the retrained model; ``new_after``: the DFM recomputed
+    on the retrained model passes. A shortcut class of the source is *kept* (its old DFM still
+    works), *moved* (the old DFM fails, a recomputed one works) or *removed* (neither works);
+    another class is *new* when either DFM passes on the retrained model, else *none*.
+
+    >>> shortcut_outcome(True, False, True), shortcut_outcome(True, False, False), shortcut_outcome(False, False, True)
+    ('moved', 'removed', 'new')
+    """
+    if before:
+        return "kept" if old_after else "moved" if new_after else "removed"
+    return "new" if (old_after or new_after) else "none"
+
+
+def mitigation_verdict(outcomes: Sequence[str]) -> str:
+    """Does retraining remove the source model's frequency shortcuts, or move them?
+
+    With ``S`` the source's shortcut classes (outcomes kept, moved, removed): "nothing to
+    remove" when ``S`` is empty; "keeps" when at least half of ``S`` is kept (the old DFMs
+    still work); else "moves" when the classes with a shortcut found only by the recomputed
+    DFMs (moved and new) number at least half of ``|S|``; else "removes".
+
+    >>> mitigation_verdict(["kept", "moved", "moved", "removed"]), mitigation_verdict(["moved", "new", "removed"])
+    ('moves', 'moves')
+    >>> mitigation_verdict(["removed", "removed", "moved"]), mitigation_verdict(["kept", "removed"])
+    ('removes', 'keeps')
+    """
+    bad = sorted(set(outcomes) - set(SHORTCUT_OUTCOMES))
+    if bad:
+        raise ValueError(f"unknown outcome(s) {bad}; valid: {', '.join(SHORTCUT_OUTCOMES)}")
+    n = {k: list(outcomes).count(k) for k in SHORTCUT_OUTCOMES}
+    source = n["kept"] + n["moved"] + n["removed"]
+    if source == 0:
+        return MITIGATION_VERDICTS[3]
+    if 2 * n["kept"] >= source:
+        return "keeps"
+    return "moves" if 2 * (n["moved"] + n["new"]) >= source else "removes"
+
+
+def mitigation_claim(verdict: str, n_after: int, n_after_control: int) -> str:
+    """"The method removes frequency shortcuts", judged against a control retrained without it.
+
+    ``n_after`` and ``n_after_control`` count the classes with a shortcut after retraining
+    (kept, moved or new) for the method and for the control. "holds" when the method's
+    verdict is "removes" and it leaves fewer shortcut classes than the control; "partly" when
+    only one of the two is true; "does not hold" when neither is (including "nothing to
+    remove").
+
+    >>> mitigation_claim("removes", 1, 3), mitigation_claim("moves", 1, 3), mitigation_claim("moves", 3, 3)
+    ('holds', 'partly', 'does not hold')
+    """
+    if verdict not in MITIGATION_VERDICTS:
+        raise ValueError(f"unknown verdict {verdict!r}; valid: {', '.join(MITIGATION_VERDICTS)}")
+    hits = (verdict == "removes") + (int(n_after) < int(n_after_control))
+    return VERDICTS[2 - hits]
 
 
 def _show(v: Any) -> str:
@@ -244,8 +360,8 @@ def differences(cfg: TrainConfig, *, skip: Sequence[str] = TRACKING_FIELDS, pref
     >>> differences(TrainConfig(width=0.5))[["setting", "ours", "paper"]].values.tolist()
     [['width', '0.5', '1.0']]
     """
-    paper = TrainConfig(dataset=cfg.dataset, model=cfg.model).to_dict()
-    rows = [(prefix + k, _show(v), _show(paper[k]), why) for k, v in recipes.describe(cfg).items() if k not in skip]
+    paper = TrainConfig(dataset=cfg.dataset, model=cfg.model)
+    rows = [(prefix + k, _show(v), _show(getattr(paper, k)), why) for k, v in recipes.describe(cfg).items() if k not in skip]
     return pd.DataFrame(rows, columns=["setting", "ours", "paper", "why"])
 
 

@@ -328,18 +328,19 @@ def test_a_real_ctrl_c_during_a_long_cell_stops_the_chapter_at_once(tmp_path):
                         fmt="md:myst")
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
 
-    def press_ctrl_c():
-        deadline = time.monotonic() + 60
-        while not marker.exists() and time.monotonic() < deadline:
+    pressed = []
+
+    def press_ctrl_c():  # only once the long cell runs: a kernel that starts slowly (a cold venv) is not the test
+        while not marker.exists():
             time.sleep(0.1)
+        pressed.append(time.monotonic())
         os.kill(os.getpid(), signal.SIGINT)
 
     out = tmp_path / ".01_x.running.ipynb"
     threading.Thread(target=press_ctrl_c, daemon=True).start()
-    start = time.monotonic()
     with pytest.raises(KeyboardInterrupt):  # a blocking kernel client would sit out the 120 s cell
         runner._papermill(nb, out, {}, tmp_path)
-    assert marker.exists() and time.monotonic() - start < 60 and not out.exists()
+    assert pressed and time.monotonic() - pressed[0] < 30 and not out.exists()
 
 
 def test_cli_ctrl_c_or_sigterm_prints_one_line(monkeypatch, capsys, tmp_path):
@@ -589,3 +590,12 @@ def test_interactive_extra_offers_jupyterlab_with_jupytext():
     names = " ".join(extras["interactive"])
     assert "jupyterlab" in names and "jupytext" in names
     assert ".[book,interactive]" in (ROOT / "README.md").read_text()
+
+
+def test_the_bibliography_parses_and_holds_every_cited_key():
+    from pybtex.database import parse_file
+
+    entries = parse_file(str(ROOT / "book" / "references.bib")).entries  # a broken entry raises here, naming its line
+    cited = {key for path in (ROOT / "book").glob("*.md")
+             for group in re.findall(r"\{cite[pt]?\}`([^`]+)`", path.read_text()) for key in group.split(",")}
+    assert cited and not {k.strip() for k in cited} - set(entries)

@@ -331,6 +331,33 @@ def test_damaged_checkpoint_is_set_aside_and_the_ablation_restarts(tmp_path):
     assert torch.equal(again, full) and (tmp_path / "abl.npz.damaged").exists()
 
 
+@pytest.mark.parametrize("error", [KeyboardInterrupt, RuntimeError])
+def test_an_interruption_inside_a_chunk_saves_the_finished_units_and_resumes_exactly(tmp_path, error):
+    images, labels = data(8, 8, n=18)
+    ckpt = tmp_path / "abl.npz"
+    full = dfm.ablation_loss(TinyNet().double(), images, labels, 3, batch_size=6, device="cpu", progress=False)
+
+    model = TinyNet().double()
+    real_forward = model.forward
+    calls = {"n": 0}
+
+    def forward(x):  # 3 groups of 6 images per unit: dies in the 2nd group of the 3rd unit
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise error("stop")
+        return real_forward(x)
+
+    model.forward = forward
+    with pytest.raises(error, match="stop"):  # no periodic save: only the save on interruption
+        dfm.ablation_loss(model, images, labels, 3, batch_size=6, device="cpu", progress=False, checkpoint=ckpt,
+                          checkpoint_every=1e9)
+    partial = np.load(ckpt, allow_pickle=False)
+    assert int(partial["done"].sum()) == 2  # the two finished units, not the half-done third
+    model.forward = real_forward
+    resumed = dfm.ablation_loss(model, images, labels, 3, batch_size=6, device="cpu", progress=False, checkpoint=ckpt)
+    assert torch.equal(resumed, full)  # the half-done unit's partial sums were not kept
+
+
 def test_mismatched_checkpoint_is_an_error_naming_what_differs(tmp_path):
     images, labels = data(8, 8)
     ckpt = tmp_path / "abl.npz"

@@ -61,6 +61,24 @@ def _ablation_worker(rank, world_size, port, out):
     dist.destroy_process_group()
 
 
+def _first_order_worker(rank, world_size, port, out):
+    from fslib.dfm.search.firstorder import first_order_loss
+
+    _join(rank, world_size, port)
+    model, images, labels = _tiny_problem()
+    maps = first_order_loss(model, images, labels, 3, batch_size=2, device="cpu", progress=False)
+    torch.save(maps, os.path.join(out, f"fo{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def _tiny_problem():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(4, 3)).double()
+    images = torch.randn(9, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    return model, images, torch.arange(9) % 3
+
+
 def _spawn(fn, *args, world_size=2):
     mp.spawn(fn, args=(world_size, _free_port(), *args), nprocs=world_size, join=True)
 
@@ -152,3 +170,15 @@ def test_train_command_alone_and_under_torchrun(tmp_path, capsys):
     assert (run_dir / "DONE").exists() and json.loads((run_dir / "metrics.json").read_text())["iterations"] == 4
     assert main(["train", "resnet", "--scale", "smoke"]) == 2
     assert "unknown recipe 'resnet'; valid: synthetic, cifar10, imagenette" in capsys.readouterr().err
+
+
+def test_sharded_first_order_map_equals_the_single_process_map(tmp_path):
+    from fslib.dfm.search.firstorder import first_order_loss
+
+    _spawn(_first_order_worker, str(tmp_path))  # 5 batches of 2 images: rank 0 takes 3, rank 1 takes 2
+    model, images, labels = _tiny_problem()
+    single = first_order_loss(model, images, labels, 3, batch_size=2, device="cpu", progress=False)
+    zero, one = (torch.load(tmp_path / f"fo{r}.pt", weights_only=True) for r in (0, 1))
+    assert torch.equal(zero, one)  # every rank returns the reduced maps
+    torch.testing.assert_close(zero, single, rtol=1e-12, atol=1e-12)  # up to the order of the float64 sums
+    assert not torch.equal(single, torch.zeros_like(single))

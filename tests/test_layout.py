@@ -14,9 +14,9 @@ LAYERS = {
     1: ["synthetic", "data"],
     2: ["augment", "tracking", "objectives", "train", "recipes", "runs"],
     3: ["metrics", "stability", "dfm", "localization", "ntk", "ntk_flow", "ntk_linear", "ntk_fourier"],
-    4: ["dynamics", "ood", "compare", "report", "sensitivity"],
+    4: ["dynamics", "ood", "compare", "report", "mitigation", "sensitivity"],
     5: ["plot"],
-    6: ["book", "cli", "__main__"],
+    6: ["shortcuts", "book", "cli", "__main__"],
 }
 LAYER_OF = {name: level for level, names in LAYERS.items() for name in names}
 MAX_LINES = 520  # "a few hundred lines at most"

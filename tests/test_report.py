@@ -93,9 +93,10 @@ def test_localization_verdicts_follow_their_rules():
     assert report.roles_verdict(enc, rep, shallow) == "holds"
     assert report.roles_verdict(enc, enc, shallow) == "partly"       # forgetting sits shallow too
     assert report.roles_verdict(rep, enc, shallow) == "does not hold"
-    assert report.mitigation_verdict([0.05, 0.05, 0.0], [0.0, -0.05, 0.0]) == "partly"  # the second costs clean accuracy
+    # the second costs clean accuracy
+    assert report.layerwise_mitigation_verdict([0.05, 0.05, 0.0], [0.0, -0.05, 0.0]) == "partly"
     with pytest.raises(ValueError, match="one clean gain"):
-        report.mitigation_verdict([0.1], [])
+        report.layerwise_mitigation_verdict([0.1], [])
 def test_a_verdict_whose_precondition_failed_is_not_stated():
     assert report.gated_verdict("holds", True, "test accuracy >= 80%") == "holds"
     text = report.gated_verdict("holds", False, "test accuracy >= 80%")

@@ -28,14 +28,17 @@ left untouched.
 
 Modules: :mod:`~fslib.augment.geometric` (official / flipcrop / none),
 :mod:`~fslib.augment.extra` (the registry of extra augmentations), :mod:`~fslib.augment.inputs`
-(augmentations of the normalised model input) and
-:mod:`~fslib.augment.ampswap` (the amplitude swap, the book's stand-in for Stylized-ImageNet).
+(augmentations of the normalised model input), :mod:`~fslib.augment.ampswap` (the amplitude
+swap, the book's stand-in for Stylized-ImageNet), :mod:`~fslib.augment.dfmx` (DFM-X, the input
+augmentation ``"dfmx"``) and :mod:`~fslib.augment.adversarial` (AAUA and AAD, the training
+objective ``"aaua_aad"`` that :mod:`fslib.train` registers).
 """
 
 from __future__ import annotations
 
 import torch
 
+from fslib.augment import adversarial, dfmx  # dfmx registers the input augmentation "dfmx" on import
 from fslib.augment.extra import EXTRA_AUGMENTS, ExtraAugment, extra_augment, register_extra_augment
 from fslib.augment.geometric import AUGMENTS, geometric, random_resized_crop_boxes
 from fslib.augment.inputs import INPUT_AUGMENTS, input_augment, register_input_augment
@@ -43,6 +46,7 @@ from fslib.augment.inputs import INPUT_AUGMENTS, input_augment, register_input_a
 __all__ = [
     "AUGMENTS", "EXTRA_AUGMENTS", "ExtraAugment", "augment_batch", "geometric", "random_resized_crop_boxes",
     "register_extra_augment", "extra_augment", "INPUT_AUGMENTS", "input_augment", "register_input_augment",
+    "adversarial", "dfmx",
 ]
 
 

@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from fslib import augment, metrics, models, recipes, sensitivity
+from fslib import augment, localization, metrics, models, recipes, sensitivity
 from fslib.compare import model_label
 from fslib.data import IMAGE_RESOLUTIONS
 from fslib.device import resolve_device
@@ -230,6 +230,39 @@ DOMAINS: dict[str | tuple[str, str], Domain] = {
     "baseline": Domain(), "cross_sources": Domain(nonempty=True),
     "device": Domain(check=_device),
     "normalize": Domain(), "imagenet_sct": Domain(),
+    "band_n": CIFAR_TEST, "per_class": count(1_000, "the CIFAR-10 test split has 1,000 images per class"),
+    # chapter 9
+    "architectures": Domain(choices=tuple(models.MODELS), nonempty=True),
+    "correlation": SHARE, "amplitude": Domain(low=0.0, high=1.0, low_open=True, why="pixel units in [0, 1]"),
+    "directions": Domain(choices=tuple(localization.DIRECTIONS), nonempty=True),
+    "n_probe": count(10_000, "the CIFAR-10 test split has 10,000 images", low=2),
+    "min_share": SHARE, "min_gain": SHARE, "slow_factor": Domain(low=0.0, high=1.0, low_open=True, why="a multiplier <= 1"),
+    "mitigations": Domain(choices=("slow", "freeze")),
+    "mitigation_seeds": Domain(low=SEED.low, high=SEED.high, why=SEED.why),
+    # chapter 7
+    "candidates": Domain(low=1.0, high=1_000.0, why="units checked exactly, x the DFM size (1: the DFM itself)"),
+    "set_rounds": count(100, "rounds of proposals per level"), "set_proposals": count(100, "masks per class per round"),
+    "hfss_candidates": count(10_000, "candidate masks per stage"),
+    "n_timing": count(1_000, "images per class"),
+    # chapter 10
+    "mix_dim": count(10_000, "dimensions of the Gaussian mixture", low=2),
+    "mix_dim_over": count(100_000, "dimensions of the over-parameterised mixture", low=2),
+    "mix_aligned": count(100_000, "samples per cluster"), "mix_conflicting": count(100_000, "samples per cluster"),
+    "mix_test": count(100_000, "samples per cluster"),
+    "mix_noise": Domain(low=0.0, high=100.0, why="a standard deviation"),
+    "noise_sweep": Domain(low=0.0, high=100.0, nonempty=True, why="standard deviations"),
+    "rho_sweep": Domain(low=0.0, high=0.5, low_open=True, nonempty=True, why="shares of conflicting samples, below half"),
+    "deep_width": count(100_000, "hidden units"), "relu_width": count(100_000, "hidden units"),
+    "deep_depth": count(50, "layers"), "circ_depth": count(50, "convolutions"),
+    "lr_fraction": Domain(low=0.0, high=2.0, low_open=True, why="lr x top eigenvalue: below 2 for gradient descent to converge"),
+    "fit_time": Domain(low=0.0, high=1e6, low_open=True, why="units of 1 / (lr lambda_2)"),
+    "kernel_times": Domain(low=0.0, high=1e12, low_open=True, nonempty=True, why="[first, last, points]"),
+    "ntk_dataset": Domain(choices=tuple(SYNTHETIC_SETS)),
+    "ntk_n": count(10_000, "images of the empirical NTK (its size grows with their square)", low=2),
+    "ntk_batch": count(1_024, "images per Jacobian call"),
+    "bridge_n": count(100_000, "synthetic images", low=4), "bridge_test": count(100_000, "synthetic images", low=4),
+    "quad_small": count(32, "px per side of a filter"),
+    "n_perm": count(100_000, "label permutations"),
 }
 
 

@@ -21,7 +21,8 @@ Nothing else: a missing or corrupt source raises :class:`DatasetNotFound` or
 Modules: :mod:`~fslib.data.registry` (what datasets exist), :mod:`~fslib.data.sources`
 (where their files come from), :mod:`~fslib.data.download` (the official downloads),
 :mod:`~fslib.data.layouts` (how the files are laid out) and :mod:`~fslib.data.cache` (the
-prepared arrays).
+prepared arrays); :mod:`~fslib.data.folder` reads a user's own ImageFolder (:func:`load_folder`)
+and writes one (:func:`write_folder`).
 """
 
 from __future__ import annotations
@@ -44,6 +45,15 @@ from fslib.data.registry import (
     _spec,
 )
 from fslib.data.download import DownloadFailed
+from fslib.data.folder import (
+    IMAGE_EXTENSIONS,
+    BadImages,
+    FolderListing,
+    load_folder,
+    read_image,
+    scan_folder,
+    write_folder,
+)
 from fslib.data.sources import _download_enabled, _open_source
 from fslib.images import ArchiveCorrupt, DataError, DatasetNotFound, LabeledImages, NotEnoughSpace
 from fslib.paths import data_root
@@ -55,6 +65,7 @@ __all__ = [
     "LabeledImages", "DataError", "DatasetNotFound", "ArchiveCorrupt", "NotEnoughSpace", "ArtefactWarning",
     "DownloadFailed", "load", "prepare", "status", "format_status", "balanced_subset", "check_options", "skewed_test",
     "skew", "find_sources", "download_enabled",
+    "IMAGE_EXTENSIONS", "BadImages", "FolderListing", "scan_folder", "load_folder", "read_image", "write_folder",
 ]
 
 
@@ -145,6 +156,8 @@ def load(name: str, split: str | None = None, *, n: int | None = None, resolutio
     NotEnoughSpace
         The cache's disk has not enough room for the preparation (nothing is left behind).
 
+    Notes
+    -----
     A prepared cache is checked against the digests written with it; a damaged one is moved
     aside with an :class:`~fslib.artefacts.ArtefactWarning` naming the file and prepared again.
     """

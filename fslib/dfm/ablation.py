@@ -215,7 +215,8 @@ def ablation_loss(
         Show a tqdm bar over the units.
     checkpoint : path or None
         ``.npz`` file for partial sums. Saved atomically at most every ``checkpoint_every``
-        seconds and at the end; resumed when present. It records a fingerprint of the model
+        seconds, at the end, and when the loop is interrupted (Ctrl-C or an error: every
+        finished unit is kept); resumed when present. It records a fingerprint of the model
         parameters, images, labels, ``num_classes``, ``patch_size`` and dtype; a checkpoint
         made with anything different raises ``ValueError`` naming what differs. It carries a
         digest record (:mod:`fslib.artefacts`): a damaged one is moved aside with a warning
@@ -280,29 +281,40 @@ def ablation_loss(
     bar = tqdm(total=total, initial=total - len(todo), disable=not progress or rank > 0, desc="ablation",
                unit=unit_name)
     chunks = [todo[chunk_of[todo] == i] for i in torch.unique(chunk_of[todo]).tolist()] if len(todo) else []
-    with eval_mode(model, cpu_channels_last=True), torch.inference_mode():
-        for chunk in chunks:
-            pos = units.positions[chunk].to(dev)
-            wts = units.weights[chunk].to(dev)
-            basis = _sinusoid_basis(units.positions[chunk], h, w, images.dtype, dev)  # (K, 2M, HW)
-            for start, stop in groups:
-                x = images[start:stop].to(dev)
-                spec = spectra_cache.get(start)
-                if spec is None:
-                    spec = fft_centred(x).reshape(stop - start, c, h * w)
-                    if cache_spectra:
-                        spectra_cache[start] = spec
-                comp = _removed_components(spec, pos, wts, basis)  # (K, G, C, HW)
-                inputs = (x[None] - comp.reshape(len(chunk), stop - start, c, h, w)).reshape(-1, c, h, w)
-                lab = labels[start:stop].to(dev)
-                loss = F.cross_entropy(_logits(model, inputs, num_classes), lab.repeat(len(chunk)), reduction="none")
-                sums[chunk] += loss.double().cpu().reshape(len(chunk), -1) @ onehot[start:stop]
-            done[chunk] = True
-            bar.update(len(chunk))
-            if ckpt is not None and time.monotonic() - last_save >= checkpoint_every:
-                save()
-                last_save = time.monotonic()
-    bar.close()
+    finished = 0
+    try:
+        with eval_mode(model, cpu_channels_last=True), torch.inference_mode():
+            for chunk in chunks:
+                pos = units.positions[chunk].to(dev)
+                wts = units.weights[chunk].to(dev)
+                basis = _sinusoid_basis(units.positions[chunk], h, w, images.dtype, dev)  # (K, 2M, HW)
+                part = torch.zeros(len(chunk), num_classes, dtype=torch.float64)
+                for start, stop in groups:
+                    x = images[start:stop].to(dev)
+                    spec = spectra_cache.get(start)
+                    if spec is None:
+                        spec = fft_centred(x).reshape(stop - start, c, h * w)
+                        if cache_spectra:
+                            spectra_cache[start] = spec
+                    comp = _removed_components(spec, pos, wts, basis)  # (K, G, C, HW)
+                    inputs = (x[None] - comp.reshape(len(chunk), stop - start, c, h, w)).reshape(-1, c, h, w)
+                    lab = labels[start:stop].to(dev)
+                    loss = F.cross_entropy(_logits(model, inputs, num_classes), lab.repeat(len(chunk)), reduction="none")
+                    part += loss.double().cpu().reshape(len(chunk), -1) @ onehot[start:stop]
+                # a chunk's sums count only once all its images are in, so a save at any moment is consistent
+                sums[chunk] += part
+                done[chunk] = True
+                finished += len(chunk)
+                bar.update(len(chunk))
+                if ckpt is not None and time.monotonic() - last_save >= checkpoint_every:
+                    save()
+                    last_save = time.monotonic()
+    except BaseException:  # an interruption (Ctrl-C) or a crash keeps every finished unit for the resume
+        if finished:
+            save()
+        raise
+    finally:
+        bar.close()
     if len(todo):
         save()
     if world_size > 1:  # every unit was computed by exactly one rank: the sum is the whole map

@@ -42,7 +42,7 @@ class DFMConfig:
     >>> DFMConfig(method="bogus")
     Traceback (most recent call last):
     ...
-    ValueError: unknown DFM method 'bogus'; valid: exact
+    ValueError: unknown DFM method 'bogus'; valid: exact, first_order, verified, race, set_search, hfss
     """
 
     method: str = "exact"                    # how frequencies are ranked: fslib.dfm.methods.METHODS

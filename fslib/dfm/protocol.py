@@ -6,7 +6,8 @@ input normalisation, its class names and a cache key. The book's trained runs
 any ``nn.Module``. The protocol:
 
 * :func:`rank_score_split`: disjoint, class-balanced ranking and scoring images (the
-  official code ranks and scores on the same images, which flatters the TPR);
+  official code ranks and scores on the same images, which flatters the TPR;
+  :func:`split_for` does that too when asked, with a warning);
 * :func:`run_dfms`: the search method of the :class:`~fslib.dfm.DFMConfig` on the ranking
   images, thresholded at every threshold, cached under ``cache_dir("dfms")``;
 * :func:`run_shortcut_test`: :func:`~fslib.dfm.evaluate_dfms` on the scoring images, cached;
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import io
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -83,6 +85,23 @@ def rank_score_split(labels: torch.Tensor, n_rank: int, n_score: int, seed: int 
         rank.append(idx[: per["rank"][i]])
         score.append(idx[per["rank"][i] : need])
     return torch.sort(torch.cat(rank)).values, torch.sort(torch.cat(score)).values
+
+
+SAME_IMAGES_WARNING = ("ranking and scoring on the same images (the official protocol) inflates the TPR: "
+                       "the DFMs are tested on the images they were chosen on")
+
+
+def split_for(labels: torch.Tensor, n_rank: int, n_score: int, seed: int = 0,
+              same_images: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`rank_score_split`, or with ``same_images`` the ranking images twice (with a
+    ``UserWarning``: :data:`SAME_IMAGES_WARNING`; ``n_score`` must then be 0)."""
+    if not same_images:
+        return rank_score_split(labels, n_rank, n_score, seed)
+    if n_score:
+        raise ValueError(f"same_images scores on the {n_rank} ranking images; n_score must be 0, got {n_score}")
+    warnings.warn(SAME_IMAGES_WARNING, UserWarning, stacklevel=3)
+    rank, _ = rank_score_split(labels, n_rank, 0, seed)
+    return rank, rank
 
 
 def _num_logits(subject: Analysable, images: torch.Tensor) -> int:
@@ -190,6 +209,15 @@ def run_dfms(
     return load_dfms(path)
 
 
+def shortcut_test_path(subject: Analysable, images: torch.Tensor, labels: torch.Tensor, dfms: torch.Tensor,
+                    config: DFMConfig = DFMConfig()) -> Path:
+    """Where :func:`run_shortcut_test` keeps its table: ``cache_dir("dfms")/<cache key>-test-<hash>.csv``,
+    the hash of digests of the images, labels and DFMs and ``config.test_key()``."""
+    key = stable_hash({"images": digest(images), "labels": digest(labels.long().cpu()), "dfms": digest(dfms.bool().cpu()),
+                       **config.test_key()})
+    return cache_dir("dfms") / f"{subject.cache_key}-test-{key}.csv"
+
+
 def run_shortcut_test(
     subject: Analysable,
     images: torch.Tensor,
@@ -224,8 +252,7 @@ def run_shortcut_test(
     _check_uint8(images, "run_shortcut_test")
     labels = labels.long().cpu()
     dfms = dfms.bool().cpu()
-    key = stable_hash({"images": digest(images), "labels": digest(labels), "dfms": digest(dfms), **config.test_key()})
-    path = cache_dir("dfms") / f"{subject.cache_key}-test-{key}.csv"
+    path = shortcut_test_path(subject, images, labels, dfms, config)
     table = _cached(path, lambda p: artefacts.load(p, lambda b: pd.read_csv(io.BytesIO(b))))
     if table is not None:
         return table
@@ -308,6 +335,7 @@ def shortcut_analysis(
     n_rank: int,
     n_score: int,
     config: DFMConfig = DFMConfig(),
+    same_images: bool = False,
     batch_size: int | None = None,
     device: str | torch.device = "auto",
     progress: bool = True,
@@ -325,13 +353,16 @@ def shortcut_analysis(
     images : Tensor, shape (N, C, H, W), uint8; labels : Tensor, shape (N,), int
     n_rank, n_score : int, numbers of ranking and scoring images
     config : DFMConfig
+    same_images : bool
+        Score on the ranking images, as the official code does (``n_score`` must then be
+        0): a ``UserWarning`` says that this inflates the TPR (chapter 4 measures by how much).
     batch_size, device, progress : as in :func:`~fslib.dfm.ablation_loss`
 
     Returns
     -------
     ShortcutAnalysis
     """
-    rank, score = rank_score_split(labels, n_rank, n_score, config.seed)
+    rank, score = split_for(labels, n_rank, n_score, config.seed, same_images)
     saved = run_dfms(subject, images[rank], labels[rank], config=config, batch_size=batch_size, device=device,
                      progress=progress)
     table = run_shortcut_test(subject, images[score], labels[score], saved.dfms[float(config.top)], config=config,

@@ -10,6 +10,7 @@ from fslib.plot.compare import *  # noqa: F401,F403
 from fslib.plot.dfm import *  # noqa: F401,F403
 from fslib.plot.dynamics import *  # noqa: F401,F403
 from fslib.plot.localization import *  # noqa: F401,F403
+from fslib.plot.mitigation import *  # noqa: F401,F403
 from fslib.plot.ntk import *  # noqa: F401,F403
 from fslib.plot.ood import *  # noqa: F401,F403
 from fslib.plot.synthetic import *  # noqa: F401,F403

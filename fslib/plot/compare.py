@@ -1,4 +1,5 @@
-"""Figures of chapter 6 (capacity and augmentation): per-model shortcut summaries and DFMs."""
+"""Figures comparing models or methods: per-model shortcut summaries and DFMs (chapter 6), cost
+against agreement with the exact ranking of search methods (chapter 7)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from matplotlib.patches import Rectangle
 from fslib.plot.common import Axes, AxesArg, Figure, new_axes
 from fslib.plot.ood import annotated_heatmap
 
-__all__ = ["model_summary_bars", "tpr_fpr_heatmap", "dfm_mosaic"]
+__all__ = ["model_summary_bars", "tpr_fpr_heatmap", "dfm_mosaic", "cost_agreement"]
 
 
 def model_summary_bars(data: pd.DataFrame, ax: AxesArg = None, *, title: str | None = None) -> tuple[Figure, Axes]:
@@ -104,4 +105,38 @@ def dfm_mosaic(data: Mapping[str, torch.Tensor], ax: AxesArg = None, *,
     ax.set_yticks([i * (h + pad) + h / 2 for i in range(m)], names, fontsize=7)
     for side in ("top", "right", "bottom", "left"):
         ax.spines[side].set_visible(False)
+    return fig, ax
+
+
+def cost_agreement(data: pd.DataFrame, ax: AxesArg = None, *, target_iou: float | None = 0.9,
+                   target_cost: float | None = 0.25) -> tuple[Figure, Axes]:
+    """Cost against agreement with the exact ranking, one labelled dot per method.
+
+    Parameters
+    ----------
+    data : DataFrame indexed by method with columns ``x_exact`` (cost as a share of the exact
+        method's, > 0, log axis) and ``iou_median`` (NaN rows are left out); an optional
+        ``iou_min`` column is drawn as a bar down to the minimum
+    target_iou, target_cost : dashed guide lines (None: none)
+
+    Returns
+    -------
+    (fig, ax)
+    """
+    fig, ax = new_axes(ax, figsize=(5.0, 3.4))
+    rows = data.dropna(subset=["iou_median"])
+    x, y = rows["x_exact"].to_numpy(dtype=float), rows["iou_median"].to_numpy(dtype=float)
+    if "iou_min" in rows:
+        ax.vlines(x, rows["iou_min"].to_numpy(dtype=float), y, color="0.7", lw=1)
+    ax.plot(x, y, "o", color="tab:blue")
+    for i, (xi, yi, name) in enumerate(zip(x, y, rows.index)):  # alternate above / below: close dots stay legible
+        ax.annotate(str(name), (xi, yi), textcoords="offset points", xytext=(4, 3 if i % 2 == 0 else -10), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("cost (forward-equivalents) / exact")
+    ax.set_ylabel("top-5 % IoU with exact (median)")
+    if target_iou is not None:
+        ax.axhline(target_iou, ls="--", color="0.5", lw=0.8)
+    if target_cost is not None:
+        ax.axvline(target_cost, ls="--", color="0.5", lw=0.8)
     return fig, ax
