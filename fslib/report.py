@@ -49,6 +49,19 @@ def count_verdict(n: int, total: int) -> str:
     return VERDICTS[0] if n == total else VERDICTS[1] if n > 0 else VERDICTS[2]
 
 
+def stability_verdict(iou_low: float, min_iou: float = 0.5) -> str:
+    """A class-wise map is "stable" when two disjoint sets of images give maps that share at
+    least ``min_iou`` of their positions (IoU) even at the low end of the resampled range,
+    else "not stable".
+
+    >>> stability_verdict(0.62), stability_verdict(0.3), stability_verdict(0.55, min_iou=0.6)
+    ('stable', 'not stable', 'not stable')
+    """
+    if not 0 < min_iou <= 1 or not 0 <= iou_low <= 1:
+        raise ValueError(f"need 0 <= iou_low <= 1 and 0 < min_iou <= 1, got iou_low={iou_low!r}, min_iou={min_iou!r}")
+    return "stable" if iou_low >= min_iou else "not stable"
+
+
 def shortcut_verdict(table: pd.DataFrame, paper_tpr: float = 0.6, max_fpr: float = 0.1) -> tuple[str, pd.Series]:
     """The book's reading of a shortcut-test table for claim 3 of the paper.
 

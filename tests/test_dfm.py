@@ -772,3 +772,66 @@ def test_eval_block_restores_layout_hooks_and_mode():
     again = dfm.ablation_loss(cl, images, labels, 3, device="cpu", progress=False)
     assert cl.conv1.weight.is_contiguous(memory_format=torch.channels_last) and not cl.conv1.weight.is_contiguous()
     assert (again - out).abs().max() < 1e-10
+
+
+# --------------------------------------------------------------------------- split-half stability
+def test_chunks_are_disjoint_balanced_and_chunk0_is_the_ranking_set():
+    labels = torch.arange(60) % 3
+    chunks = dfm.chunk_indices(labels, 4, 5, seed=3)
+    flat = torch.cat(chunks)
+    assert len(flat) == len(set(flat.tolist())) == 60
+    assert all(torch.equal(torch.bincount(labels[c], minlength=3), torch.tensor([4, 4, 4])) for c in chunks)
+    for n_score in (0, 7):
+        assert torch.equal(chunks[0], dfm.rank_score_split(labels, 12, n_score, seed=3)[0])
+    with pytest.raises(ValueError, match="class 0 has 20 images, fewer than the 24"):
+        dfm.chunk_indices(labels, 4, 6)
+
+
+def test_the_mean_of_chunk_maps_is_the_map_of_their_union(cache, tmp_path):
+    model = TinyNet()
+    run = FakeRun(tmp_path / "runs" / "tiny-cifar10-0456", model)
+    images, labels = uint8_data(6, 6, n=18)
+    chunks = dfm.chunk_indices(labels, 2, 3)
+    maps = dfm.chunk_loss_maps(run, images, labels, chunks, device="cpu", progress=False)
+    assert maps.shape == (3, 3, 6, 6)
+    union = torch.cat(chunks[:2])
+    direct = dfm.ablation_loss(model, run.normalize(images[union]), labels[union], 3, device="cpu", progress=False)
+    assert torch.allclose(maps[:2].mean(0), direct, atol=1e-6)
+
+
+def test_spearman_matches_a_direct_rank_correlation():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(4, 30, generator=g, dtype=torch.float64), torch.randn(4, 30, generator=g, dtype=torch.float64)
+    for i in range(4):
+        ra, rb = np.argsort(np.argsort(a[i].numpy())), np.argsort(np.argsort(b[i].numpy()))
+        assert float(dfm.spearman(a, b)[i]) == pytest.approx(np.corrcoef(ra, rb)[0, 1])
+    assert torch.allclose(dfm.spearman(a, 2 * a + 1), torch.ones(4, dtype=torch.float64))
+
+
+def test_split_half_agrees_perfectly_on_identical_chunks_and_less_on_noise():
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(1, 2, 8, 8, generator=g, dtype=torch.float64)
+    base = (base + base.flip(-1).flip(-2)) / 2  # a map has one value per conjugate pair (roughly)
+    same = dfm.split_half(base.repeat(4, 1, 1, 1), [1, 2], n_splits=3, top=0.2)
+    assert len(same) == 2 * 3 * 2 and (same["iou"] == 1).all() and np.allclose(same["spearman"], 1)
+    noisy = base + 3 * torch.randn(6, 2, 8, 8, generator=g, dtype=torch.float64)
+    table = dfm.split_half(noisy, [1, 3], n_splits=20, top=0.2)
+    summary = dfm.split_half_summary(table, per_class=10)
+    assert list(summary.index) == [10, 30] and (summary["splits"] == 20).all()
+    assert summary.loc[30, "spearman"] > summary.loc[10, "spearman"]  # averaging more chunks removes noise
+    assert (summary["iou_low"] <= summary["iou"]).all() and (summary["iou"] <= summary["iou_high"]).all()
+    with pytest.raises(ValueError, match="chunks per half must lie in 1..3"):
+        dfm.split_half(noisy, [4])
+
+
+def test_split_half_curves_draws_both_measures():
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from fslib.plot import split_half_curves
+    summary = pd.DataFrame({"iou": [0.2, 0.4], "iou_low": [0.1, 0.3], "iou_high": [0.3, 0.5], "spearman": [0.3, 0.6],
+                            "spearman_low": [0.2, 0.5], "spearman_high": [0.4, 0.7]},
+                           index=pd.Index([10, 20], name="per_class"))
+    fig, ax = split_half_curves(summary)
+    assert len(ax.lines) == 2 and list(ax.get_xticks()) == [10, 20]
+    plt.close(fig)

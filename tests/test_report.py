@@ -113,3 +113,12 @@ def test_markdown_table_keeps_every_cell_whole():
     assert lines[0] == "| setting | ours | why |" and lines[1] == "|---|---|---|"
     assert lines[2] == f"| a\\|b | 1 | {why} |" and lines[3] == "| c | x y | short |"
     assert "..." not in "".join(lines)
+
+
+def test_stability_verdict_reads_the_low_end_and_names_bad_values():
+    assert report.stability_verdict(0.5) == "stable" and report.stability_verdict(0.499) == "not stable"
+    assert report.stability_verdict(0.7, min_iou=0.8) == "not stable"
+    with pytest.raises(ValueError, match="iou_low=1.5"):
+        report.stability_verdict(1.5)
+    with pytest.raises(ValueError, match="min_iou=0"):
+        report.stability_verdict(0.5, min_iou=0)

@@ -22,6 +22,7 @@ DFM-filtered images are still recognised (high TPR, low FPR) has a frequency sho
 * :mod:`~fslib.dfm.describe`: where DFMs sit in the spectrum and what they overlap.
 * :mod:`~fslib.dfm.search`: the fast search methods (first-order maps, verified DFMs, races,
   set search, HFSS), registered in ``METHODS`` on import.
+* :mod:`~fslib.dfm.split_half`: do two disjoint ranking sets give the same DFM?
 
 Positions are in the centred layout of :mod:`fslib.spectral` (DC at ``(H // 2, W // 2)``).
 """
@@ -45,6 +46,7 @@ from fslib.dfm.protocol import (
 )
 from fslib.dfm.select import dominant_frequency_maps, iou
 from fslib.dfm.shortcut_test import evaluate_dfms
+from fslib.dfm.split_half import chunk_indices, chunk_loss_maps, spearman, split_half, split_half_summary
 from fslib.dfm.store import SavedDFMs, load_dfms, save_dfms
 from fslib.dfm.units import AblationUnits, ablation_units
 
@@ -55,5 +57,6 @@ __all__ = [
     "load_dfms", "rank_score_split", "split_for", "dfm_cache_path", "shortcut_test_path", "run_dfms",
     "run_shortcut_test", "shortcut_test_sweep",
     "ShortcutAnalysis", "shortcut_analysis", "planted_overlap", "dfm_profile", "example_filtered",
-    "ArtefactDamaged", "ArtefactWarning",
+    "ArtefactDamaged", "ArtefactWarning", "chunk_indices", "chunk_loss_maps", "spearman", "split_half",
+    "split_half_summary",
 ]

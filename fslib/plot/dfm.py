@@ -7,6 +7,7 @@
 * :func:`tpr_fpr_bars`: TPR and FPR per class with intervals, the null and the paper rule.
 * :func:`tpr_vs_threshold`: TPR per class, mean TPR, mean FPR and mean null against the
   share of frequencies kept (the paper's 1, 5, 10, 20 %).
+* :func:`split_half_curves`: split-half IoU and Spearman of DFMs against the ranking images.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from fslib.spectral import filter_frequencies
 Maps = Union[torch.Tensor, np.ndarray, Mapping[str, Union[torch.Tensor, np.ndarray]]]
 """One set of maps ``(C, H, W)``, or several by name (one row each)."""
 
-__all__ = ["dfm_grid", "loss_map_grid", "dfm_examples", "tpr_fpr_bars", "tpr_vs_threshold"]
+__all__ = ["dfm_grid", "loss_map_grid", "dfm_examples", "tpr_fpr_bars", "tpr_vs_threshold", "split_half_curves"]
 
 
 _np = as_numpy
@@ -279,4 +280,31 @@ def tpr_vs_threshold(table: pd.DataFrame, ax: AxesArg = None, class_names: Seque
     ax.set_ylabel("rate on DFM-filtered images")
     ax.set_ylim(0, 1.02)
     ax.legend(fontsize=6, ncol=2, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    return fig, ax
+
+
+def split_half_curves(summary: pd.DataFrame, ax: AxesArg = None) -> tuple[Figure, Axes]:
+    """Split-half IoU and Spearman correlation of DFMs against the ranking images per class,
+    with the 2.5-97.5 % range over the splits.
+
+    Parameters
+    ----------
+    summary : DataFrame from ``fslib.dfm.split_half_summary`` (index per_class; columns iou,
+        iou_low, iou_high, spearman, spearman_low, spearman_high)
+    ax : matplotlib axes or None
+
+    Returns
+    -------
+    (Figure, Axes)
+    """
+    fig, ax = new_axes(ax, figsize=(4.5, 3))
+    x = summary.index.to_numpy()
+    for col, label, style in (("iou", "IoU of the DFMs", "-o"), ("spearman", "Spearman of the rankings", "--s")):
+        ax.plot(x, summary[col], style, color="black", lw=1.5, label=label)
+        ax.fill_between(x, summary[f"{col}_low"], summary[f"{col}_high"], color="gray", alpha=0.25, lw=0)
+    ax.set_xticks(x)
+    ax.set_xlabel("ranking images per class (each half)")
+    ax.set_ylabel("agreement of two disjoint halves")
+    ax.set_ylim(min(0.0, float(summary[["iou_low", "spearman_low"]].min().min())), 1.0)
+    ax.legend(fontsize=7, frameon=False)
     return fig, ax
