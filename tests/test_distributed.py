@@ -71,6 +71,21 @@ def _first_order_worker(rank, world_size, port, out):
     dist.destroy_process_group()
 
 
+def _mask_worker(rank, world_size, port, out):
+    from fslib.dfm.search.maskscore import score_masks
+
+    _join(rank, world_size, port)
+    model, images, labels = _tiny_problem()
+    scores = score_masks(model, images, labels, 3, _masks(), batch_size=2, device=torch.device("cpu"))
+    torch.save(torch.stack([scores.tpr, scores.fpr, scores.soft_pos, scores.soft_neg, scores.loss]),
+               os.path.join(out, f"ms{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def _masks():
+    return torch.rand(4, 8, 8, generator=torch.Generator().manual_seed(2)) < 0.3
+
+
 def _tiny_problem():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
@@ -182,3 +197,16 @@ def test_sharded_first_order_map_equals_the_single_process_map(tmp_path):
     assert torch.equal(zero, one)  # every rank returns the reduced maps
     torch.testing.assert_close(zero, single, rtol=1e-12, atol=1e-12)  # up to the order of the float64 sums
     assert not torch.equal(single, torch.zeros_like(single))
+
+
+
+def test_sharded_mask_scores_equal_the_single_process_scores(tmp_path):
+    from fslib.dfm.search.maskscore import score_masks
+
+    _spawn(_mask_worker, str(tmp_path))  # 5 groups of 2 images (one mask each: batch 2): 3 on rank 0, 2 on rank 1
+    model, images, labels = _tiny_problem()
+    one = score_masks(model, images, labels, 3, _masks(), batch_size=2, device=torch.device("cpu"))
+    single = torch.stack([one.tpr, one.fpr, one.soft_pos, one.soft_neg, one.loss])
+    zero, other = (torch.load(tmp_path / f"ms{r}.pt", weights_only=True) for r in (0, 1))
+    assert torch.equal(zero, other)
+    torch.testing.assert_close(zero, single, rtol=1e-12, atol=1e-12)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from fslib import distributed
 from fslib.inference import eval_mode
 from fslib.spectral import fft_centred, ifft_centred
 
@@ -92,6 +93,13 @@ def score_masks(
     Returns
     -------
     MaskScores
+
+    Notes
+    -----
+    Under ``torchrun`` (:mod:`fslib.distributed`) the groups of images are shared among the
+    ranks and the sums added with one all-reduce, so the set search and HFSS, which score
+    every proposal with this function, run sharded by images and every rank sees the same
+    scores (equal to one process's up to the order of the sums) and so proposes the same masks.
     """
     n = images.shape[0]
     k_all = masks.shape[0]
@@ -104,8 +112,9 @@ def score_masks(
     loss = torch.zeros_like(pos_hits)
     g = min(n, batch_size)
     k_step = max(1, batch_size // g)
+    rank, world_size = distributed.world()
     with eval_mode(model, cpu_channels_last=True):
-        for gs in range(0, n, g):
+        for gs in list(range(0, n, g))[rank::world_size]:  # under torchrun: every world_size-th group of images
             x = images[gs : gs + g].to(device)
             y = labels[gs : gs + g].to(device)
             oh = onehot[gs : gs + g]
@@ -123,5 +132,7 @@ def score_masks(
                 pos_soft[rows] += (prob * oh).sum(1)
                 neg_soft[rows] += (prob * (1 - oh)).sum(1)
                 loss[rows] += ce.double() @ oh
+    sums = distributed.all_reduce_sum(torch.stack([pos_hits, neg_hits, pos_soft, neg_soft, loss]))
+    pos_hits, neg_hits, pos_soft, neg_soft, loss = sums  # every rank: the sums over all images
     neg = (n - counts).clamp_min(1)
     return MaskScores(pos_hits / counts, neg_hits / neg, pos_soft / counts, neg_soft / neg, loss / counts)
