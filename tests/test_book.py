@@ -339,12 +339,16 @@ def test_a_real_ctrl_c_during_a_long_cell_stops_the_chapter_at_once(tmp_path):
             returned.wait(2.0)
 
     out = tmp_path / ".01_x.running.ipynb"
+    # Python's own Ctrl-C handler, also where the test process inherited SIGINT ignored (a shell
+    # starts background jobs that way, and Python then installs no handler)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     threading.Thread(target=press_ctrl_c, daemon=True).start()
     try:
         with pytest.raises(KeyboardInterrupt):  # a blocking kernel client would sit out the 120 s cell
             runner._papermill(nb, out, {}, tmp_path)
     finally:
         returned.set()
+        signal.signal(signal.SIGINT, previous)
     assert pressed and time.monotonic() - pressed[0] < 30 and not out.exists()
 
 

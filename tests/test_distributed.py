@@ -122,8 +122,9 @@ def refusing_loader(*args, **kw):
 def test_a_failing_rank_leaves_a_resumable_run(tmp_path, monkeypatch):
     steps_per_epoch = int(96 * 0.9) // CFG.batch_size
     (tmp_path / "c").mkdir()
-    # whichever rank's error the spawner reports first (rank 1's, or rank 0's lost connection), it was rank 1 that failed
-    with pytest.raises(Exception, match="rank 1 stopped on purpose|Connection closed by peer"):
+    # the spawner reports whichever rank's error it sees first (rank 1's own, or rank 0's lost
+    # connection, worded by gloo in several ways): the record written by rank 1 says which failed
+    with pytest.raises(Exception, match="rank 1 stopped on purpose|[Cc]onnection"):
         _spawn(_train_worker, str(tmp_path / "c"), steps_per_epoch + 2)
     assert (tmp_path / "c" / "failed").read_text() == f"rank 1 stopped on purpose at step {steps_per_epoch + 2}"
     monkeypatch.setenv("FSLIB_CACHE", str(tmp_path / "c"))
