@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 
 from fslib.ntk import (
+    _targets,
     centred_onehot,
     flatten_kernel,
     ntk_eigen,
@@ -47,14 +48,6 @@ __all__ = [
     "predict_learning",
     "split_kernel",
 ]
-
-
-def _targets(targets: torch.Tensor, n: int) -> torch.Tensor:
-    t = torch.as_tensor(targets).double().cpu()
-    t = t[:, None] if t.ndim == 1 else t
-    if t.ndim != 2 or t.shape[0] != n:
-        raise ValueError(f"targets must be (N,) or (N, T) with N = {n}, got shape {tuple(targets.shape)}")
-    return t
 
 
 def kernel_flow(

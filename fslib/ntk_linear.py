@@ -29,10 +29,9 @@ loss and records its outputs, for comparison with :func:`fslib.ntk_flow.kernel_f
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import pandas as pd
@@ -40,6 +39,7 @@ import torch
 from torch import nn
 
 from fslib import ntk, ntk_flow
+from fslib.device import one_thread
 
 __all__ = [
     "Mixture",
@@ -276,19 +276,6 @@ class TwoLayerReLU(nn.Module):
 
 
 # --------------------------------------------------------------------------- training
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """Run torch on one thread, then restore the caller's setting: the toy models are
-    hundreds of tiny operations, which run many times slower on two threads when the
-    cores are shared (measured: 5 s against 60 s for the deep linear network)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def train_gd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lr: float, steps: int, every: int = 1,
              x_test: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Full-batch gradient descent on ``1/2 sum_i (f(x_i) - y_i)^2``, recording outputs.
@@ -400,7 +387,7 @@ def train_against_kernel(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
     ``1 - exp(-lr lambda_i t)``) and ``deviation`` (the largest ``|f_t - flow_t|`` over
     steps and samples, divided by ``max |y|``).
     """
-    with _one_thread():
+    with one_thread():  # hundreds of tiny ops: 5 s on one thread against 60 s on two shared cores
         return _train_against_kernel(model, x, y, lr_fraction, fit_time, records, k)
 
 

@@ -32,13 +32,7 @@ from fslib.dfm.search.result import load_result, save_result
 from fslib.dfm.search.subset import ablation_loss_subset, units_to_map
 from fslib.spectral import conjugate_mirror
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 class SmoothNet(nn.Module):

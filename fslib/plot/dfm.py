@@ -203,12 +203,8 @@ def tpr_fpr_bars(table: pd.DataFrame | Mapping[str, pd.DataFrame], ax: AxesArg =
     """
     if isinstance(table, Mapping):
         n = len(table)
-        if ax is None:
-            fig, axes = plt.subplots(1, n, figsize=(3.3 * n, 3.3), sharey=True, squeeze=False)
-            axes = axes[0]
-        else:
-            axes = np.asarray(ax, dtype=object).reshape(-1)[:n]
-            fig = axes[0].figure
+        fig, axes = axes_grid(ax, 1, n, (3.3 * n, 3.3), sharey=True)
+        axes = axes[0]
         for a, (title, t) in zip(axes, table.items()):
             tpr_fpr_bars(t, ax=a, class_names=class_names, paper_tpr=paper_tpr)
             a.set_title(str(title), fontsize=9)

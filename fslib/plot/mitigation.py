@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Mapping
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from fslib.plot.common import Axes, AxesArg, Figure, new_axes
+from fslib.plot.common import Axes, AxesArg, Figure, axes_grid, new_axes
 
 __all__ = ["shortcut_shift", "outcome_bars"]
 
@@ -32,12 +31,8 @@ def shortcut_shift(data: Mapping[str, pd.DataFrame], ax: AxesArg = None, *, pape
     each class's outcome is written above it (k kept, m moved, r removed, n new).
     """
     n = len(data)
-    if ax is None:
-        fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.4), sharey=True, squeeze=False)
-        axes = axes[0]
-    else:
-        axes = np.asarray(ax, dtype=object).reshape(-1)[:n]
-        fig = axes[0].figure
+    fig, axes = axes_grid(ax, 1, n, (4.2 * n, 3.4), sharey=True)
+    axes = axes[0]
     series = (("tpr_before", "shortcut_before", "s", "gray", "source DFMs, source model"),
               ("old_tpr", "old_shortcut", "X", "tab:red", "source DFMs, retrained model"),
               ("new_tpr", "new_shortcut", "o", "tab:blue", "recomputed DFMs, retrained model"))

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fslib.plot.common import new_axes
+from fslib.plot.common import axes_grid, new_axes
 
 __all__ = [
     "component_curves",
@@ -24,14 +24,9 @@ __all__ = [
 
 
 def _panels(ax, n: int, size=(3.2, 2.6), **kw):
-    """``n`` axes in one row: new, or the given ones."""
-    if ax is None:
-        fig, axes = plt.subplots(1, n, figsize=(size[0] * n + 0.6, size[1]), squeeze=False, **kw)
-        return fig, axes[0]
-    axes = np.asarray(ax, dtype=object).reshape(-1)
-    if axes.size < n:
-        raise ValueError(f"need {n} axes, got {axes.size}")
-    return axes[0].figure, axes[:n]
+    """``n`` axes in one row: new, or the given ones (:func:`fslib.plot.common.axes_grid`)."""
+    fig, axes = axes_grid(ax, 1, n, (size[0] * n + 0.6, size[1]), **kw)
+    return fig, axes[0]
 
 
 def mixture_scatter(data, ax=None, *, directions: torch.Tensor | None = None,

@@ -8,12 +8,11 @@ warning naming it, and generated again).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -21,6 +20,7 @@ import torch
 from fslib import artefacts, spectral
 from fslib.artefacts import ArtefactDamaged
 from fslib.constants import SYNTHETIC_CLASSES
+from fslib.device import one_thread
 from fslib.images import LabeledImages
 from fslib.io import stable_hash
 from fslib.paths import cache_dir
@@ -150,22 +150,6 @@ def class_support(name: str, config: SyntheticConfig | None = None) -> torch.Ten
     non_dc[size // 2, size // 2] = False
     band_k = spectral.band_mask(size, size, k) & non_dc
     return torch.stack([non_dc, non_dc & ~band_k, non_dc, band_k])
-
-
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """Run torch on one thread, then restore the caller's setting.
-
-    Generation uses it so the bytes cannot depend on the caller's thread count (parallel
-    reductions may round differently); both it and the colour probe are many small ops, which
-    run an order of magnitude slower with 2 threads when the cores are oversubscribed.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _seed(*parts) -> int:
@@ -299,7 +283,7 @@ def generate(
     cfg = config or SyntheticConfig()
     n = _check_n(n, split, cfg)
     start = time.perf_counter()
-    with _one_thread():
+    with one_thread():  # the bytes cannot depend on the caller's thread count (reductions may round differently)
         parts = [_chunk(name, split, seed, i, cfg) for i in range(math.ceil(n / cfg.chunk))]
     images = torch.cat([p[0] for p in parts])[:n]
     labels = torch.cat([p[1] for p in parts])[:n]

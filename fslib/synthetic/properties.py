@@ -10,12 +10,12 @@ import pandas as pd
 import torch
 
 from fslib import spectral
+from fslib.device import one_thread
 from fslib.synthetic.generator import (
     CLASSES,
     DATASETS,
     SyntheticConfig,
     _load_generated,
-    _one_thread,
     dataset_band,
     load,
     special_frequencies,
@@ -81,7 +81,7 @@ def colour_probe_accuracy(train: tuple[torch.Tensor, torch.Tensor], test: tuple[
         loss.backward()
         return loss
 
-    with _one_thread():
+    with one_thread():
         opt.step(closure)
     with torch.no_grad():
         return float(((xte @ w + b).argmax(1) == yte).double().mean())
