@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_dfm import FakeRun, TinyNet, uint8_data
 
 from fslib import dfm, report
 from fslib import protocols as variants
 from fslib.protocols import Variant, variant_analyses, variant_table
-from test_dfm import FakeRun, TinyNet, uint8_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

@@ -22,8 +22,8 @@ from fslib.ood.transfer import (
     accuracy_table,
     imagenet_sct_table,
     shortcut_transfer,
-    transfer_by_protocol,
     synthetic_test_sets,
+    transfer_by_protocol,
     transfer_matrix,
     transfer_summary,
 )
