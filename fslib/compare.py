@@ -1,8 +1,9 @@
 """Comparing models: chapter 6's cross-model shortcut work.
 
 :func:`iou_matrix` (overlap of two models' DFMs), :func:`cross_model_table` (model B tested
-with model A's DFMs), :func:`shortcut_summary` (one row per model), :func:`runs_table` (what
-each trained run is, how well it does and what it cost) and :func:`model_label`. The DFMs of
+with model A's DFMs), :func:`shortcut_summary` (one row per model), :func:`protocol_table`
+(claims 3 and 5 per model under other protocols), :func:`runs_table` (what each trained run
+is, how well it does and what it cost) and :func:`model_label`. The DFMs of
 a cached run come from :func:`fslib.dfm.run_dfms` (one cache for every chapter).
 """
 
@@ -14,8 +15,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fslib.dfm import DFMConfig, evaluate_dfms, iou
+from fslib import report
+from fslib.dfm import DFMConfig, iou, run_shortcut_test
 from fslib.inference import Analysable
+from fslib.protocols import VariantAnalysis
 
 
 def iou_matrix(dfms: Mapping[str, torch.Tensor]) -> pd.DataFrame:
@@ -53,8 +56,9 @@ def cross_model_table(
     """The shortcut test of every model with every model's DFMs.
 
     Row block (``dfm_source`` = A, ``model`` = B) is :func:`fslib.dfm.evaluate_dfms` of model
-    B on ``images`` filtered by A's DFMs; the diagonal blocks are each model's own test. The
-    paper does this once (ViT-B with the ResNet18+SIN DFMs).
+    B on ``images`` filtered by A's DFMs (through :func:`fslib.dfm.run_shortcut_test`, so
+    every block is cached); the diagonal blocks are each model's own test. The paper does
+    this once (ViT-B with the ResNet18+SIN DFMs).
 
     Parameters
     ----------
@@ -71,13 +75,11 @@ def cross_model_table(
     DataFrame, the columns of :func:`fslib.dfm.evaluate_dfms` plus ``dfm_source``, ``model``
     and ``name``.
     """
-    kw = dict(n_boot=config.n_boot, n_null=config.n_null, seed=config.seed, paper_tpr=config.paper_tpr,
-              batch_size=batch_size, device=device, progress=progress)
     parts = []
     for b, run in runs.items():
-        x = run.normalize(images)
         for a, maps in dfms.items():
-            t = evaluate_dfms(run.model, x, labels, maps.bool(), **kw)
+            t = run_shortcut_test(run, images, labels, maps.bool(), config=config, batch_size=batch_size, device=device,
+                                  progress=progress)
             t.insert(0, "model", b)
             t.insert(0, "dfm_source", a)
             t.insert(3, "name", list(class_names) if class_names is not None else t["class"].astype(str).tolist())
@@ -159,4 +161,50 @@ def runs_table(runs: Mapping[str, Any], min_acc: float | None = None) -> pd.Data
             rows[name]["meets_min_acc"] = rows[name]["test_acc"] >= min_acc
     out = pd.DataFrame.from_dict(rows, orient="index")
     out.index.name = "run"
+    return out
+
+
+def protocol_table(analyses: Mapping[str, Mapping[str, VariantAnalysis]], baseline: str, *, paper_tpr: float = 0.6,
+                   max_fpr: float = 0.1, default: str | None = "book") -> pd.DataFrame:
+    """Claims 3 and 5 for several models under several protocols (chapter 6's robustness table).
+
+    For every protocol variant (rows) and model (columns): claim 3's verdict for the model
+    (:func:`fslib.report.shortcut_verdict`) with its counts of classes that beat the null and
+    of strong shortcuts; then claim 5 by :func:`fslib.report.robustness_verdict`, read once
+    with "has a shortcut" = some class beats the null (the chapter's reading) and once with
+    "has a strong shortcut" (TPR >= ``paper_tpr`` and FPR <= ``max_fpr``).
+
+    Parameters
+    ----------
+    analyses : model name -> (variant name -> :class:`fslib.protocols.VariantAnalysis`), every
+        model with the same variants, e.g. :func:`fslib.protocols.variant_analyses` per model
+    baseline : the reference model of claim 5 (the plain ResNet18)
+    paper_tpr, max_fpr : the strong-shortcut bounds
+    default : the chapters' variant, marked " (default)"; None marks none
+
+    Returns
+    -------
+    DataFrame indexed by setting: one column per model (``"partly (3 / 0)"``: verdict, classes
+    beating the null / strong), then "claim 5" and "claim 5, strong shortcuts only".
+    """
+    if baseline not in analyses:
+        raise ValueError(f"baseline {baseline!r} is not among the models {list(analyses)}")
+    variants = [list(a) for a in analyses.values()]
+    if any(v != variants[0] for v in variants):
+        raise ValueError(f"every model needs the same variants, got {dict(zip(analyses, variants))}")
+    if default is not None and default not in variants[0]:
+        raise ValueError(f"default variant {default!r} is not among {variants[0]}")
+    rows = {}
+    for name in variants[0]:
+        cells, n_null, n_strong = {}, {}, {}
+        for model, per_variant in analyses.items():
+            table = per_variant[name].table
+            verdict, strong = report.shortcut_verdict(table, paper_tpr, max_fpr)
+            n_null[model], n_strong[model] = int(table["shortcut"].astype(bool).sum()), int(strong.sum())
+            cells[model] = f"{verdict} ({n_null[model]} / {n_strong[model]})"
+        cells["claim 5"] = report.robustness_verdict(n_null, baseline)
+        cells["claim 5, strong shortcuts only"] = report.robustness_verdict(n_strong, baseline)
+        rows[f"{name} (default)" if name == default else name] = cells
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    out.index.name = "setting"
     return out

@@ -12,6 +12,8 @@ verdict live here, each stated in its docstring, so a chapter never invents its 
 * :func:`spread_verdict`, :func:`roles_verdict` (:func:`shallow_fraction`), :func:`layerwise_mitigation_verdict`: Tsoy and
   Konstantinov's claims on where a shortcut lives (chapter 9);
 * :func:`gated_verdict`: a verdict whose precondition failed says so instead of a verdict;
+  :func:`settings_summary` and :func:`settings_glance`: under which settings a claim holds,
+  in words;
 * :func:`shortcut_outcome`, :func:`mitigation_verdict` and :func:`mitigation_claim`: chapter 8,
   does a mitigation method remove frequency shortcuts, or move them?
 * :func:`search_verdict`, :func:`more_verdict`: chapter 7's fast searches against the exact ranking;
@@ -22,7 +24,7 @@ verdict live here, each stated in its docstring, so a chapter never invents its 
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
@@ -184,6 +186,42 @@ def transfer_verdict(transfer: Sequence[bool], ood_acc: Sequence[float]) -> str:
     if t.all() or acc[t].mean() > acc[~t].mean():
         return VERDICTS[0]
     return VERDICTS[1]
+
+
+def settings_summary(verdicts: Mapping[str, str]) -> str:
+    """Under which settings a claim holds, partly holds and does not hold, in words.
+
+    "holds" is always named (``"holds under no setting"`` when none); the other verdicts,
+    and "not judged", only when some setting has them.
+
+    >>> settings_summary({"none": "partly", "official": "partly", "flipcrop": "does not hold"})
+    'holds under no setting; partly under none and official; does not hold under flipcrop'
+    """
+    def names(settings: list[str]) -> str:
+        return settings[0] if len(settings) == 1 else f"{', '.join(settings[:-1])} and {settings[-1]}"
+
+    parts = []
+    for v in (*VERDICTS, NOT_JUDGED):
+        settings = [str(s) for s, got in verdicts.items() if got == v or (v == NOT_JUDGED and str(got).startswith(v))]
+        if settings or v == VERDICTS[0]:
+            parts.append(f"{v} under {names(settings) if settings else 'no setting'}")
+    return "; ".join(parts)
+
+
+def settings_glance(verdicts: Mapping[str, str]) -> str:
+    """A robustness table in a few words: under how many of its settings the claim holds.
+
+    >>> settings_glance({"official": "partly", "none": "holds", "flipcrop": "does not hold"})
+    'holds under 1 of 3 settings (none)'
+    >>> settings_glance({"official": "partly", "none": "partly"})
+    'holds under none of 2 settings'
+    """
+    if not verdicts:
+        raise ValueError("need the verdict of at least one setting")
+    holds = [str(s) for s, v in verdicts.items() if v == VERDICTS[0]]
+    if not holds:
+        return f"holds under none of {len(verdicts)} settings"
+    return f"holds under {len(holds)} of {len(verdicts)} settings ({', '.join(holds)})"
 
 
 def robustness_verdict(n_shortcut: dict[str, int], baseline: str) -> str:

@@ -332,13 +332,4 @@ def summary(verdicts: pd.DataFrame, claim: str) -> str:
     """
     if claim not in CLAIMS:
         raise ValueError(f"unknown claim {claim!r}; valid: {', '.join(CLAIMS)}")
-
-    def names(settings: list[str]) -> str:
-        return settings[0] if len(settings) == 1 else f"{', '.join(settings[:-1])} and {settings[-1]}"
-
-    parts = []
-    for v in (*report.VERDICTS, report.NOT_JUDGED):
-        settings = [str(s) for s in verdicts.index[verdicts[claim] == v]]
-        if settings or v == report.VERDICTS[0]:
-            parts.append(f"{v} under {names(settings) if settings else 'no setting'}")
-    return "; ".join(parts)
+    return report.settings_summary(verdicts[claim].to_dict())

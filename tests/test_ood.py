@@ -3,7 +3,7 @@ import math
 import pandas as pd
 import pytest
 import torch
-from fourier_probe import FREQS, FourierProbe, planted_dfms, planted_set
+from fourier_probe import FREQS, FourierProbe, planted_dfms, planted_set, probe_subject, uint8_set
 from torch import nn
 
 from fslib.images import LabeledImages
@@ -16,8 +16,11 @@ from fslib.ood import (
     map_labels,
     map_predictions,
     shortcut_transfer,
+    transfer_by_protocol,
     transfer_matrix,
+    transfer_summary,
 )
+from fslib.protocols import Variant, VariantAnalysis
 
 # ----------------------------------------------------------------------------- label spaces
 
@@ -237,3 +240,24 @@ def test_transfer_summary_applies_its_rule():
 
 
 
+
+
+def test_transfer_by_protocol_is_the_transfer_summary_of_each_variants_dfms():
+    images, labels = uint8_set(seed=0, per_class=4)
+    subject = probe_subject()
+    ood_images, ood_labels = planted_set({0: FREQS[0], 2: FREQS[1], 3: FREQS[3]}, seed=1)
+    ood_sets = {"ood": (ood_images, ood_labels)}
+    half = torch.arange(0, len(labels), 2)
+    analyses = {"book": VariantAnalysis(Variant("book"), half, half, planted_dfms(), None),
+                "wrong": VariantAnalysis(Variant("wrong"), half, half + 1, torch.roll(planted_dfms(), 1, dims=0), None)}
+    kw = dict(classes=[0, 2, 3], n_boot=0, n_null=5, device="cpu", progress=False)
+    out = transfer_by_protocol(subject, images, labels, ood_sets, analyses, **kw)
+    assert list(out.index) == [("book (default)", "ood"), ("wrong", "ood")]
+    for name, key in (("book", "book (default)"), ("wrong", "wrong")):
+        a = analyses[name]
+        direct = transfer_summary(shortcut_transfer(subject.model, subject.normalize(images[a.score]), labels[a.score],
+                                                    ood_sets, a.dfms, **kw))
+        assert out.loc[key].equals(direct)
+    assert out.loc[("book (default)", "ood"), "n_transfer"] > out.loc[("wrong", "ood"), "n_transfer"]
+    with pytest.raises(ValueError, match="default variant 'book' is not among"):
+        transfer_by_protocol(subject, images, labels, ood_sets, {"wrong": analyses["wrong"]}, **kw)

@@ -122,3 +122,13 @@ def test_stability_verdict_reads_the_low_end_and_names_bad_values():
         report.stability_verdict(1.5)
     with pytest.raises(ValueError, match="min_iou=0"):
         report.stability_verdict(0.5, min_iou=0)
+
+
+def test_settings_summary_and_glance_name_the_settings_of_each_verdict():
+    from fslib.report import settings_glance, settings_summary
+    v = {"a": "holds", "b": "partly", "c": "not judged: its precondition failed (x)", "d": "holds"}
+    assert settings_summary(v) == "holds under a and d; partly under b; not judged under c"
+    assert settings_glance(v) == "holds under 2 of 4 settings (a, d)"
+    assert settings_summary({"a": "does not hold"}) == "holds under no setting; does not hold under a"
+    with pytest.raises(ValueError, match="at least one setting"):
+        settings_glance({})

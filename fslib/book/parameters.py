@@ -27,6 +27,7 @@ from fslib import augment, localization, metrics, models, recipes, sensitivity
 from fslib.compare import model_label
 from fslib.data import IMAGE_RESOLUTIONS
 from fslib.device import resolve_device
+from fslib.protocols import VARIANTS
 from fslib.synthetic import DATASETS as SYNTHETIC_SETS
 
 
@@ -239,6 +240,8 @@ DOMAINS: dict[str | tuple[str, str], Domain] = {
     "min_share": SHARE, "min_gain": SHARE, "slow_factor": Domain(low=0.0, high=1.0, low_open=True, why="a multiplier <= 1"),
     "mitigations": Domain(choices=("slow", "freeze")),
     "mitigation_seeds": Domain(low=SEED.low, high=SEED.high, why=SEED.why),
+    # protocol variants of the robustness tables (chapters 4-6)
+    "robust_variants": Domain(choices=tuple(VARIANTS), nonempty=True), "robust_n_score": CIFAR_TEST,
     # chapter 7
     "candidates": Domain(low=1.0, high=1_000.0, why="units checked exactly, x the DFM size (1: the DFM itself)"),
     "set_rounds": count(100, "rounds of proposals per level"), "set_proposals": count(100, "masks per class per round"),

@@ -10,7 +10,7 @@ an illusion of generalisation. The computations behind chapter 5:
   texture bias of Geirhos et al. (2019) on the texture-vs-shape stimuli.
 * :mod:`~fslib.ood.transfer`: models x test sets accuracy matrices, and whether the
   in-distribution DFMs still work on OOD images (:func:`shortcut_transfer`,
-  :func:`transfer_summary`, :func:`imagenet_sct_table`).
+  :func:`transfer_summary`, :func:`transfer_by_protocol`, :func:`imagenet_sct_table`).
 
 Label conventions: ``labels`` of an OOD set are always given in the *model's* label space
 (e.g. CIFAR-10 indices), converted from the OOD set's own classes with :func:`map_labels`.
@@ -23,6 +23,7 @@ from fslib.ood.transfer import (
     imagenet_sct_table,
     shortcut_transfer,
     synthetic_test_sets,
+    transfer_by_protocol,
     transfer_matrix,
     transfer_summary,
 )
@@ -30,5 +31,5 @@ from fslib.ood.transfer import (
 __all__ = [
     "RestrictedLogits", "map_labels", "map_predictions", "cue_conflict_scores", "cue_conflict_by_class",
     "stimuli_table", "accuracy_table", "transfer_matrix", "synthetic_test_sets", "shortcut_transfer",
-    "transfer_summary", "imagenet_sct_table",
+    "transfer_summary", "transfer_by_protocol", "imagenet_sct_table",
 ]

@@ -3,8 +3,9 @@
 :func:`accuracy_table` / :func:`transfer_matrix` (models x test sets, e.g. models trained
 on Syn_Bk tested on Syn_Bj and on band-stop sets); :func:`shortcut_transfer` (per class, ID
 and OOD accuracy, the TPR / FPR of the in-distribution DFMs on ID and OOD images, and the DFM
-energy retained), :func:`transfer_summary` (the verdict per set) and
-:func:`imagenet_sct_table` (the paper's ImageNet-10 -> ImageNet-SCT protocol).
+energy retained), :func:`transfer_summary` (the verdict per set), :func:`transfer_by_protocol` (the same under
+other DFM protocols, :mod:`fslib.protocols`) and :func:`imagenet_sct_table` (the paper's
+ImageNet-10 -> ImageNet-SCT protocol).
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from torch import nn
 
 from fslib import synthetic
 from fslib.dfm import evaluate_dfms
+from fslib.inference import Analysable
 from fslib.ood.labels import RestrictedLogits, _check_same_length, map_labels
+from fslib.protocols import VariantAnalysis
 from fslib.report import transfer_verdict
 from fslib.spectral import BAND_PAIRS, band_set_label, band_set_name, energy_fraction
 
@@ -263,6 +266,46 @@ def transfer_summary(table: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame.from_dict(rows, orient="index")
     out.index.name = "set"
     return out
+
+
+def transfer_by_protocol(
+    subject: Analysable,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    ood_sets: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+    analyses: Mapping[str, VariantAnalysis],
+    *,
+    default: str | None = "book",
+    **kwargs,
+) -> pd.DataFrame:
+    """Claim 4 under several DFM protocols: :func:`transfer_summary` of every variant.
+
+    For each variant, :func:`shortcut_transfer` of the variant's DFMs, with the variant's
+    scoring images as the in-distribution images (held out, or the ranking images for the
+    official protocol).
+
+    Parameters
+    ----------
+    subject : fslib.inference.Analysable (``model`` and ``normalize``)
+    images : Tensor, shape (N, C, H, W), uint8, the in-distribution images the variants index
+    labels : Tensor, shape (N,), int
+    ood_sets : as in :func:`shortcut_transfer` (images already normalised)
+    analyses : variant name -> :class:`fslib.protocols.VariantAnalysis` (e.g. with ``test=False``)
+    default : the chapters' variant, marked " (default)"; None marks none
+    **kwargs : passed to :func:`shortcut_transfer` (classes, class_names, n_null, n_boot, seed, device, ...)
+
+    Returns
+    -------
+    DataFrame indexed by (setting, set), the columns of :func:`transfer_summary`.
+    """
+    if default is not None and default not in analyses:
+        raise ValueError(f"default variant {default!r} is not among {list(analyses)}")
+    parts = {}
+    for name, a in analyses.items():
+        table = shortcut_transfer(subject.model, subject.normalize(images[a.score]), labels[a.score], ood_sets, a.dfms,
+                                  **kwargs)
+        parts[f"{name} (default)" if name == default else name] = transfer_summary(table)
+    return pd.concat(parts, names=["setting"])
 
 
 def imagenet_sct_table(
