@@ -33,7 +33,7 @@ from fslib.images import LabeledImages
 from fslib.synthetic import SyntheticConfig
 
 __all__ = ["STATISTICS", "TARGET", "GENERATOR_FIELDS", "SETTINGS", "Setup", "setting", "settings", "measure",
-           "verdict_table", "verdict_cells", "summary"]
+           "verdict_table", "verdict_cells", "summary", "what_decides"]
 
 STATISTICS = ("top_fraction", "top_band_share", "mean_adcs", "positive_fraction")
 """Columns of :func:`fslib.metrics.adcs_distinctiveness` that rank classes, larger = more distinctive.
@@ -220,7 +220,8 @@ def _changes(setup: Setup, base: Setup) -> str:
 
 
 def verdict_table(names: Sequence[str], datasets: Sequence[str], base: Setup | None = None, *,
-                  device: str | torch.device = "auto", loader: Loader | None = None) -> pd.DataFrame:
+                  device: str | torch.device = "auto", loader: Loader | None = None,
+                  maps: dict | None = None) -> pd.DataFrame:
     """Claim 2's verdict under every setting, by :func:`fslib.report.count_verdict`.
 
     The verdict counts the sets in which the target class (C3) ranks first by the
@@ -232,22 +233,26 @@ def verdict_table(names: Sequence[str], datasets: Sequence[str], base: Setup | N
         base itself) is always the first row
     datasets : the synthetic sets
     base : the chapter's setup, which every setting changes (``"default"`` keeps it)
-    device, loader : as in :func:`measure`
+    device, loader, maps : as in :func:`measure` (``maps`` may hold maps computed before)
 
     Returns
     -------
-    DataFrame indexed by setting, with changes (what differs from ``base``), statistic,
-    verdict, n_first, total, target_rank, first, target_value and first_value (per set,
+    DataFrame indexed by setting, with changes (what differs from ``base``), kind
+    (``"statistic"``, ``"maps"``: anything the ADCS maps depend on, ``"statistic+maps"`` or
+    ``"none"``), statistic, verdict, n_first, total, target_rank, first, target_value and first_value (per set,
     in the order of ``datasets``, as lists) and tied (any set with a tie at the target).
     """
     base = Setup() if base is None else base
     grid = settings(["default", *(n for n in names if n != "default")], base)
-    maps: dict = {}
+    maps = {} if maps is None else maps
     rows = []
     for name, setup in grid.items():
         m = measure(setup, datasets, device=device, loader=loader, maps=maps)
         n_first = int((m["target_rank"] == 1).sum())
-        rows.append({"setting": name, "changes": _changes(setup, base), "statistic": setup.statistic,
+        kind = [k for k, changed in (("statistic", setup.statistic != base.statistic),
+                                     ("maps", setup.maps_key() != base.maps_key())) if changed]
+        rows.append({"setting": name, "changes": _changes(setup, base), "kind": "+".join(kind) or "none",
+                     "statistic": setup.statistic,
                      "verdict": report.count_verdict(n_first, len(m)), "n_first": n_first, "total": len(m),
                      **{c: m[c].tolist() for c in ("target_rank", "first", "target_value", "first_value")},
                      "tied": bool(m["tied"].any())})
@@ -298,4 +303,33 @@ def summary(table: pd.DataFrame) -> str:
         found = [str(s) for s in table.index[table["verdict"] == v]]
         if found or v == report.VERDICTS[0]:
             parts.append(f"{v} under {names(found) if found else 'no setting'}")
+    return "; ".join(parts)
+
+
+def what_decides(table: pd.DataFrame, default: str = "default") -> str:
+    """Which kind of choice changes the verdict: the statistic, the maps (data and preprocessing), both.
+
+    Counts, for the settings that change only the statistic and for those that change only
+    the maps (column ``kind`` of :func:`verdict_table`), how many give another verdict than
+    the ``default`` row.
+
+    >>> t = pd.DataFrame({"kind": ["none", "statistic", "statistic", "maps"],
+    ...                   "verdict": ["partly", "holds", "partly", "partly"]}, index=["default", "a", "b", "c"])
+    >>> what_decides(t)
+    'the statistic changes the verdict (1 of 2 settings: a); the data and preprocessing leave it unchanged (0 of 1 settings)'
+    """
+    if default not in table.index or not {"kind", "verdict"} <= set(table.columns):
+        raise ValueError(f"need a verdict_table with a {default!r} row and the columns kind and verdict")
+    ref = table.loc[default, "verdict"]
+    parts = []
+    for kind, what, plural in (("statistic", "the statistic", False), ("maps", "the data and preprocessing", True)):
+        rows = table[(table["kind"] == kind) & (table.index != default)]
+        moved = [str(s) for s in rows.index[rows["verdict"] != ref]]
+        if rows.empty:
+            parts.append(f"{what} {'were' if plural else 'was'} not varied")
+        elif moved:
+            verb = "change" if plural else "changes"
+            parts.append(f"{what} {verb} the verdict ({len(moved)} of {len(rows)} settings: {', '.join(moved)})")
+        else:
+            parts.append(f"{what} {'leave' if plural else 'leaves'} it unchanged (0 of {len(rows)} settings)")
     return "; ".join(parts)

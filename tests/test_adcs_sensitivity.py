@@ -135,3 +135,32 @@ def test_cells_mark_the_default_and_summary_names_each_verdict():
     assert adcs_s.summary(table.iloc[:1]) == "holds under no setting; partly under default"
     with pytest.raises(ValueError, match="default setting 'base'"):
         adcs_s.verdict_cells(table, default="base")
+
+
+def test_what_decides_counts_verdict_changes_by_kind_of_setting():
+    t = pd.DataFrame({"kind": ["none", "statistic", "maps", "maps", "statistic+maps"],
+                      "verdict": ["partly", "partly", "holds", "partly", "holds"]},
+                     index=["default", "s", "m1", "m2", "both"])
+    text = adcs_s.what_decides(t)
+    assert text == ("the statistic leaves it unchanged (0 of 1 settings); "
+                    "the data and preprocessing change the verdict (1 of 2 settings: m1)")
+    assert adcs_s.what_decides(t.loc[["default", "s"]]).endswith("the data and preprocessing were not varied")
+    with pytest.raises(ValueError, match="'default' row"):
+        adcs_s.what_decides(t.drop(index="default"))
+
+
+def test_kind_says_whether_a_setting_changes_the_statistic_the_maps_or_nothing(one_thread):
+    a = torch.zeros(4, 32, 32, dtype=torch.int64)
+    a[3, 16, 16] = 3
+    base = Setup(n=8)
+    maps = {}
+    for name in ("default", "mean_adcs", "official", "mean_adcs+official"):
+        maps[(adcs_s.setting(name, base).maps_key(), "syn_b1")] = a
+
+    def no_loader(*args, **kwargs):
+        raise AssertionError("maps were given: nothing is loaded")
+
+    table = adcs_s.verdict_table(["mean_adcs", "official", "mean_adcs+official", "default"], ["syn_b1"], base,
+                                 loader=no_loader, maps=maps)
+    assert table["kind"].to_dict() == {"default": "none", "mean_adcs": "statistic", "official": "maps",
+                                       "mean_adcs+official": "statistic+maps"}
