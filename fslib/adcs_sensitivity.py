@@ -240,7 +240,8 @@ def verdict_table(names: Sequence[str], datasets: Sequence[str], base: Setup | N
     DataFrame indexed by setting, with changes (what differs from ``base``), kind
     (``"statistic"``, ``"maps"``: anything the ADCS maps depend on, ``"statistic+maps"`` or
     ``"none"``), statistic, verdict, n_first, total, target_rank, first, target_value and first_value (per set,
-    in the order of ``datasets``, as lists) and tied (any set with a tie at the target).
+    in the order of ``datasets``, as lists), tied (any set with a tie at the target) and
+    setup (the :class:`Setup` of the row).
     """
     base = Setup() if base is None else base
     grid = settings(["default", *(n for n in names if n != "default")], base)
@@ -255,7 +256,7 @@ def verdict_table(names: Sequence[str], datasets: Sequence[str], base: Setup | N
                      "statistic": setup.statistic,
                      "verdict": report.count_verdict(n_first, len(m)), "n_first": n_first, "total": len(m),
                      **{c: m[c].tolist() for c in ("target_rank", "first", "target_value", "first_value")},
-                     "tied": bool(m["tied"].any())})
+                     "tied": bool(m["tied"].any()), "setup": setup})
     return pd.DataFrame(rows).set_index("setting")
 
 

@@ -105,6 +105,7 @@ def test_the_default_row_is_the_chapters_headline_verdict(variant, normalize, on
     assert table.loc["default", "verdict"] == expected
     assert table.loc["default", "target_rank"] == ranks
     assert table.loc["default", "changes"] == "-" and table.loc["seed1", "changes"] == "seed = 1 (was 0)"
+    assert table.loc["default", "setup"] == base and table.loc["seed1", "setup"] == adcs_s.setting("seed1", base)
 
 
 def test_the_statistic_decides_who_ranks_first_on_a_planted_map():
