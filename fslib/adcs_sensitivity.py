@@ -68,7 +68,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "c0_lines_1.0": {"c0_line_fraction": 1.0},       # lines only, no texture underneath
     "noise_0": {"noise_std": 0.0},                   # no pixel noise (default 0.005, ~1.3 grey levels)
     "noise_0.02": {"noise_std": 0.02},               # ~5 grey levels of noise
-    "contrast_low": {"contrast": (0.05, 0.08)},      # half the default pixel std (0.10-0.15)
+    "contrast_low": {"contrast": (0.05, 0.08)},      # about half the default pixel std (0.10-0.15)
     "contrast_high": {"contrast": (0.20, 0.30)},     # twice it: more clipping
 }
 
