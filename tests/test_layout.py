@@ -14,7 +14,7 @@ LAYERS = {
     1: ["synthetic", "data"],
     2: ["augment", "tracking", "objectives", "train", "recipes", "runs"],
     3: ["metrics", "stability", "dfm", "localization", "ntk", "ntk_flow", "ntk_linear", "ntk_fourier"],
-    4: ["dynamics", "ood", "compare", "report", "mitigation", "sensitivity", "protocols"],
+    4: ["dynamics", "ood", "compare", "report", "mitigation", "sensitivity", "adcs_sensitivity", "protocols"],
     5: ["plot"],
     6: ["shortcuts", "book", "cli", "__main__"],
 }

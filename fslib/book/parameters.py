@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from fslib import augment, localization, metrics, models, recipes, sensitivity
+from fslib import adcs_sensitivity, augment, localization, metrics, models, recipes, sensitivity
 from fslib.compare import model_label
 from fslib.data import IMAGE_RESOLUTIONS
 from fslib.device import resolve_device
@@ -183,6 +183,14 @@ def _settings(value: list) -> str | None:
     return None
 
 
+def _adcs_settings(value: list) -> str | None:
+    try:
+        adcs_sensitivity.settings(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def _models(value: list) -> str | None:
     for pair in value:
         reason = _model_pair(pair)
@@ -225,6 +233,7 @@ DOMAINS: dict[str | tuple[str, str], Domain] = {
     "robust_datasets": SYNTHETIC, "robust_seeds": Domain(low=SEED.low, high=SEED.high, nonempty=True, why=SEED.why),
     "robust_every": count(1_000, "iterations"), "robust_until": count(100_000, "iterations"),
     "robust_bandstop": count(100_000, "synthetic test images"),
+    "adcs_settings": Domain(nonempty=True, check=_adcs_settings),
     "stability_per_class": count(500, "CIFAR-10 test images per class: 1,000 in all"),
     "stability_chunks": Domain(low=2, high=1_000, why="two chunks at least, one per half"),
     "stability_splits": count(100_000, "random splits"),
