@@ -7,6 +7,7 @@ when the site is missing.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -102,10 +103,11 @@ def test_intro_has_the_results_at_a_glance():
     assert len(rows) >= 8
     linked = set()
     for row in rows:
-        claim, verdict, chapter, profile = (td.get_text(" ", strip=True) for td in row.find_all("td"))
+        claim, verdict, robust, chapter, profile = (td.get_text(" ", strip=True) for td in row.find_all("td"))
         assert verdict in VERDICTS or verdict.startswith(NOT_JUDGED), (claim, verdict)
+        assert robust == "—" or re.fullmatch(r"holds under (none|\d+) of \d+ settings( \(.+\))?", robust), (claim, robust)
         assert profile in book.available_profiles(), (claim, profile)
-        href = row.find_all("td")[2].find("a")["href"]
+        href = row.find_all("td")[3].find("a")["href"]
         assert href.startswith("executed/") and "found" in href, href
         linked.add(href.split("#")[0])
     assert {f"executed/{c.stem}.html" for c in book.discover_chapters()} == linked
