@@ -397,9 +397,10 @@ def bandstop_test(
 ) -> dict[str, Any]:
     """Relative confusion matrices of a trained model for band-stop test sets.
 
-    The test images are the run's test split (``n`` images, default the run's ``n_test``)
-    and their band-stop versions :func:`fslib.tracking.track_set` (``"bandstop:J,K"``), the
-    same images the tracking records use.
+    The test images are the run's test split (``n`` images, default the run's ``n_test``,
+    from the generator settings of its ``dataset_options``) and their band-stop versions
+    :func:`fslib.tracking.track_set` (``"bandstop:J,K"``), the same images the tracking
+    records use.
 
     Parameters
     ----------
