@@ -31,6 +31,7 @@ from fslib import metrics, report, synthetic
 from fslib.constants import normalization
 from fslib.images import LabeledImages
 from fslib.synthetic import SyntheticConfig
+from fslib.synthetic.options import config_of
 
 __all__ = ["STATISTICS", "TARGET", "GENERATOR_FIELDS", "SETTINGS", "Setup", "setting", "settings", "load_images", "measure",
            "verdict_table", "verdict_cells", "summary", "what_decides"]
@@ -111,14 +112,9 @@ class Setup:
         self.config()  # SyntheticConfig checks the values
 
     def config(self) -> SyntheticConfig:
-        """The generator's config: :class:`~fslib.synthetic.SyntheticConfig` with ``generator`` applied."""
-        g = dict(self.generator)
-        noise, contrast = g.get("noise_std", 0.0), g.get("contrast", (0.0, 0.0))
-        if not 0.0 <= noise <= 0.5:
-            raise ValueError(f"noise_std must lie in [0, 0.5] (pixel units), got {noise!r}")
-        if len(contrast) != 2 or not 0.0 <= contrast[0] <= contrast[1] <= 0.5:
-            raise ValueError(f"contrast must be (low, high) with 0 <= low <= high <= 0.5, got {contrast!r}")
-        return SyntheticConfig(**g)
+        """The generator's config: :class:`~fslib.synthetic.SyntheticConfig` with ``generator``
+        applied (:func:`fslib.synthetic.options.config_of`, the check training runs use too)."""
+        return config_of(self.generator)  # checks every value against its valid range
 
     def maps_key(self) -> tuple:
         """What the ADCS maps depend on (everything but the statistic)."""

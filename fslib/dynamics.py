@@ -316,7 +316,9 @@ def wall_times(all_runs: Mapping[tuple[str, int], runs.Run]) -> pd.DataFrame:
 
 def _test_split(run: runs.Run, n: int | None):
     cfg = run.config
-    return data.load(cfg.dataset, "test", n=n if n is not None else cfg.n_test, seed=cfg.data_seed, progress=False)
+    # the run's dataset options: a model trained on a changed generator is tested on its images
+    return data.load(cfg.dataset, "test", n=n if n is not None else cfg.n_test, seed=cfg.data_seed, progress=False,
+                     options=cfg.dataset_options)
 
 
 def tracking_seconds(run: runs.Run, *, test=None) -> dict[str, float]:
@@ -395,9 +397,10 @@ def bandstop_test(
 ) -> dict[str, Any]:
     """Relative confusion matrices of a trained model for band-stop test sets.
 
-    The test images are the run's test split (``n`` images, default the run's ``n_test``)
-    and their band-stop versions :func:`fslib.tracking.track_set` (``"bandstop:J,K"``), the
-    same images the tracking records use.
+    The test images are the run's test split (``n`` images, default the run's ``n_test``,
+    from the generator settings of its ``dataset_options``) and their band-stop versions
+    :func:`fslib.tracking.track_set` (``"bandstop:J,K"``), the same images the tracking
+    records use.
 
     Parameters
     ----------

@@ -4,9 +4,10 @@ A verdict of the book ("C3 is learned first: partly") is measured under one trai
 setup. This module asks whether another, equally defensible setup gives another verdict:
 
 * a :class:`Setting` is a name and :class:`~fslib.train.TrainConfig` overrides (the
-  training transform, the architecture, the width, the learning rate, ...); the
-  registry :data:`SETTINGS` names the ones the book uses, and ``"none+alexnet"`` combines
-  registered settings;
+  training transform, the architecture, the width, the learning rate, the synthetic
+  generator's free parameters as ``dataset_options``, ...); the registry :data:`SETTINGS`
+  names the ones the book uses, and ``"none+alexnet"`` combines registered settings (the
+  generator options of ``"c2_share_high+noise_high"`` are merged);
 * :func:`train_grid` trains (or loads from the run cache, :func:`fslib.runs.get_or_train`)
   one run per setting, dataset and seed, from a recipe (default
   :func:`fslib.recipes.synthetic`) with the setting's overrides and ``common`` overrides
@@ -30,10 +31,11 @@ import torch
 
 from fslib import dynamics, recipes, report, runs
 from fslib.synthetic import CLASSES as SYNTHETIC_CLASSES
+from fslib.synthetic import SyntheticConfig
 from fslib.train import TrainConfig
 
-__all__ = ["Setting", "SETTINGS", "CLAIMS", "setting", "settings", "fine_tracking", "train_grid", "measure_run",
-           "run_table", "claim_verdicts", "verdict_cells", "summary"]
+__all__ = ["Setting", "SETTINGS", "CLAIMS", "setting", "settings", "generator_table", "fine_tracking", "train_grid",
+           "measure_run", "run_table", "claim_verdicts", "verdict_cells", "summary"]
 
 TARGET, SHORTCUT = SYNTHETIC_CLASSES.index("C3"), SYNTHETIC_CLASSES.index("C2")
 """Claim 1a/1b's class (content in a single band) and claim 1c's class (special frequencies)."""
@@ -47,6 +49,17 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "full_width": {"width": 1.0},          # ResNet18 at the paper's width (the recipe's is 0.25)
     "lr_high": {"lr": 0.05},               # 5x the paper's SGD learning rate of 0.01
     "lr_low": {"lr": 0.002},               # a fifth of it
+    # The generator's free parameters (fslib.synthetic.OPTIONS; the paper's are unknown, chapter 1
+    # gives ours): each moves one cue of the design so that a claim may turn on it, within the
+    # range that keeps chapter 1's properties P1-P5.
+    "c2_share_low": {"dataset_options": (("c2_special_fraction", 0.2),)},   # C2's special frequencies at half
+    #   their share (0.4): still at least 3x the median amplitude (P3), but a weaker shortcut for claim 1c
+    "c2_share_high": {"dataset_options": (("c2_special_fraction", 0.7),)},  # C2 mostly its special frequencies:
+    #   the strongest cue claim 1c can test (a two-band stop still keeps two of the four pairs)
+    "c0_lines_low": {"dataset_options": (("c0_line_fraction", 0.5),)},      # C0's lines and texture at equal
+    #   energy (0.75): a weaker diagonal cue, since C0, not C3, is often learned first (claims 1a, 1b)
+    "noise_high": {"dataset_options": (("noise_std", 0.02),)},              # 4x the pixel noise (5.1 grey
+    #   levels, 1.3 by default), still a fifth of the patterns' std: white noise fills the high band most (1b)
 }
 
 CLAIMS = {
@@ -98,13 +111,20 @@ def setting(name: str | Setting) -> Setting:
     if isinstance(name, Setting):
         return name
     merged: dict[str, Any] = {}
+    options: dict[str, Any] = {}  # generator options merge field by field
     for part in str(name).split("+"):
         if part not in SETTINGS:
             raise ValueError(f"unknown setting {part!r} in {name!r}; valid: {', '.join(SETTINGS)} (combine with '+')")
-        clash = {k for k in SETTINGS[part] if k in merged and merged[k] != SETTINGS[part][k]}
+        own = dict(SETTINGS[part])
+        own_options = dict(own.pop("dataset_options", ()))
+        clash = {k for k in own if k in merged and merged[k] != own[k]}
+        clash |= {f"dataset_options.{k}" for k in own_options if k in options and options[k] != own_options[k]}
         if clash:
             raise ValueError(f"setting {name!r} sets {sorted(clash)} twice with different values")
-        merged.update(SETTINGS[part])
+        merged.update(own)
+        options.update(own_options)
+    if options:
+        merged["dataset_options"] = tuple(sorted(options.items()))
     return Setting(str(name), merged)
 
 
@@ -117,6 +137,28 @@ def settings(names: Sequence[str | Setting]) -> list[Setting]:
     if len(set(seen)) != len(seen):
         raise ValueError(f"setting names must be unique, got {seen}")
     return out
+
+
+def generator_table(names: Sequence[str | Setting]) -> pd.DataFrame:
+    """What each setting changes in the synthetic generator: one row per changed option.
+
+    Parameters
+    ----------
+    names : setting names or :class:`Setting` objects (settings without generator options
+        give no rows)
+
+    Returns
+    -------
+    DataFrame with columns setting, option (a field of :data:`fslib.synthetic.OPTIONS`),
+    value (the setting's) and default (:class:`fslib.synthetic.SyntheticConfig`'s).
+
+    >>> generator_table(["noise_high", "none"]).values.tolist()
+    [['noise_high', 'noise_std', 0.02, 0.005]]
+    """
+    default = SyntheticConfig()
+    rows = [(s.name, k, v, getattr(default, k)) for s in settings(names)
+            for k, v in dict(dict(s.overrides).get("dataset_options", ())).items()]
+    return pd.DataFrame(rows, columns=["setting", "option", "value", "default"])
 
 
 def fine_tracking(every: int = 2, until: int = 150) -> dict[str, Any]:

@@ -35,7 +35,8 @@ def track_set(name: str, test: LabeledImages) -> torch.Tensor:
     ``"test"`` is the test split itself; ``"bandpass:K[,K]"`` keeps only the given bands and
     ``"bandstop:J[,K]"`` removes them (bands of :mod:`fslib.spectral`). For the synthetic
     sets the variants come from :func:`fslib.synthetic.variant` (DC kept, clipped, uint8),
-    the same images the chapters' band-stop tests use; for other datasets from
+    the same images the chapters' band-stop tests use, made with the generator settings
+    that made ``test`` (``test.extra["config"]``, set by :func:`fslib.synthetic.load_labeled`); for other datasets from
     :func:`fslib.spectral.band_pass` / :func:`~fslib.spectral.band_stop` (float in about
     [0, 1], not clipped). Labels are those of ``test``.
 
@@ -47,7 +48,8 @@ def track_set(name: str, test: LabeledImages) -> torch.Tensor:
     if kind == "test":
         return test.images
     if test.name.startswith("syn_b") and test.extra.get("seed") is not None:
-        images, labels = synthetic.variant(test.name, kind, bands, "test", n=len(test), seed=int(test.extra["seed"]))
+        images, labels = synthetic.variant(test.name, kind, bands, "test", n=len(test), seed=int(test.extra["seed"]),
+                                           config=test.extra.get("config"))
         if not torch.equal(labels, test.labels):
             raise ValueError(f"synthetic.variant({test.name!r}) labels do not match the test split in use")
         return images

@@ -22,9 +22,9 @@ loss (``objective``, a registry :data:`OBJECTIVES`), an augmentation of the norm
 input (``input_augment``, :data:`fslib.augment.INPUT_AUGMENTS`), and fine-tuning from another
 finished run (``init_from``) with some blocks frozen (``trainable``) or re-initialised
 (``reinit``), per-block learning-rate multipliers (``lr_scale``) and the settings of a derived
-dataset (``dataset_options``, e.g. the frequency skew of ``cifar10_skew``). Fields added after
-the first runs were cached stay out of the hash while they hold their defaults
-(:meth:`TrainConfig.to_dict`).
+dataset (``dataset_options``, e.g. the frequency skew of ``cifar10_skew`` or the synthetic
+generator's free parameters, :data:`fslib.synthetic.OPTIONS`). Fields added after the first
+runs were cached stay out of the hash while they hold their defaults (:meth:`TrainConfig.to_dict`).
 
 Evaluation lives in :mod:`fslib.inference`, the learning-dynamics records in :mod:`fslib.tracking`.
 """
@@ -107,7 +107,7 @@ class TrainConfig:
     init_from: str | None = None         # cache key of a finished run whose weights start this one (None: random init)
     trainable: tuple[str, ...] = ()      # parameter-name prefixes that train; the rest is frozen (empty: all train)
     reinit: tuple[str, ...] = ()         # with init_from: prefixes that start from a fresh initialisation instead
-    dataset_options: tuple[tuple[str, Any], ...] = ()  # settings of a derived dataset (cifar10_skew), completed with its defaults
+    dataset_options: tuple[tuple[str, Any], ...] = ()  # data.check_options: all of cifar10_skew's, syn_b*'s changed ones
     lr_scale: tuple[tuple[str, float], ...] = ()       # (prefix, multiplier): those parameters train at lr x multiplier
 
     def __post_init__(self) -> None:
@@ -125,7 +125,7 @@ class TrainConfig:
         trainable = [n for n, s in data.DATASETS.items() if "train" in s.splits]
         if self.dataset not in trainable:
             raise ValueError(f"unknown training dataset {self.dataset!r}; valid: {', '.join(trainable)}")
-        # every setting of a derived dataset is spelled out, so all of them are part of the run hash
+        # cifar10_skew: every setting spelled out; syn_b*: only the changed ones (the default generator stays ())
         object.__setattr__(self, "dataset_options", data.check_options(self.dataset, self.dataset_options))
         if self.model not in models.MODELS:
             raise ValueError(f"unknown model {self.model!r}; valid: {', '.join(models.MODELS)}")

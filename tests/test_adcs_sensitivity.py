@@ -52,9 +52,9 @@ def test_unknown_setting_names_are_clear_errors(bad, match):
     ({"n": 0}, "unknown n 0"),
     ({"seed": -1}, "unknown seed -1"),
     ({"generator": {"size": 64}}, "unknown generator fields \\['size'\\]"),
-    ({"generator": {"noise_std": -0.1}}, "noise_std must lie in"),
-    ({"generator": {"contrast": (0.3, 0.1)}}, "contrast must be"),
-    ({"generator": {"c2_special_fraction": 1.0}}, "c2_special_fraction must be in"),
+    ({"generator": {"noise_std": -0.1}}, r"synthetic option noise_std=-0.1 is out of range; valid: a number in \[0, 0.25\]"),
+    ({"generator": {"contrast": (0.3, 0.1)}}, r"synthetic option contrast=\(0.3, 0.1\) is out of range"),
+    ({"generator": {"c2_special_fraction": 1.0}}, "synthetic option c2_special_fraction=1.0 is out of range"),
 ])
 def test_bad_setups_are_clear_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):

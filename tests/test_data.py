@@ -136,11 +136,35 @@ def test_bad_arguments_name_the_value_and_the_valid_ones(kwargs, message):
 
 def test_synthetic_names_dispatch_to_fslib_synthetic(monkeypatch):
     calls = []
-    fake = lambda name, split, n=None, seed=0: calls.append((name, split, n, seed)) or "sentinel"  # noqa: E731
+    fake = lambda name, split, n=None, seed=0, config=None: calls.append((name, split, n, seed, config)) or "sentinel"  # noqa: E731
     monkeypatch.setattr(synthetic, "load_labeled", fake)
     assert data.load("syn_b3", "test", n=40, seed=7) == "sentinel"
     assert data.load("syn_b1") == "sentinel"
-    assert calls == [("syn_b3", "test", 40, 7), ("syn_b1", "train", None, 0)]
+    assert data.load("syn_b2", options={"noise_std": 0.02, "c0_line_fraction": 0.5}) == "sentinel"
+    default = synthetic.SyntheticConfig()
+    assert calls == [("syn_b3", "test", 40, 7, default), ("syn_b1", "train", None, 0, default),
+                     ("syn_b2", "train", None, 0, synthetic.SyntheticConfig(noise_std=0.02, c0_line_fraction=0.5))]
+
+
+def test_check_options_of_every_kind_of_dataset():
+    assert data.check_options("syn_b4") == () == data.check_options("syn_b4", {"noise_std": 0.005})  # the default generator
+    assert data.check_options("syn_b4", {"c2_special_fraction": 0.7}) == (("c2_special_fraction", 0.7),)
+    assert len(data.check_options("cifar10_skew")) >= 5  # the skew: every setting spelled out
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['noise'\] of 'syn_b1'; valid: c2_special_fraction"):
+        data.check_options("syn_b1", {"noise": 0.1})
+    with pytest.raises(ValueError, match=r"noise_std=0.5 is out of range; valid: a number in \[0, 0.25\]"):
+        data.check_options("syn_b1", {"noise_std": 0.5})
+    with pytest.raises(ValueError, match="'cifar10' takes no options.*only cifar10_skew, syn_b1, syn_b2, syn_b3, syn_b4 do"):
+        data.check_options("cifar10", {"noise_std": 0.02})
+
+
+def test_a_synthetic_set_loads_with_its_options(tmp_path, monkeypatch):
+    monkeypatch.setenv("FSLIB_CACHE", str(tmp_path))
+    plain = data.load("syn_b4", "test", n=8, progress=False)
+    noisy = data.load("syn_b4", "test", n=8, progress=False, options={"noise_std": 0.02})
+    direct = synthetic.load("syn_b4", "test", 8, config=synthetic.SyntheticConfig(noise_std=0.02))
+    assert torch.equal(noisy.images, direct[0]) and not torch.equal(noisy.images, plain.images)
+    assert noisy.extra["config"].noise_std == 0.02 and plain.extra["config"] == synthetic.SyntheticConfig()
 
 
 def test_constants_pairings_and_manifest():

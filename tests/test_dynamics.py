@@ -224,6 +224,36 @@ def test_bandstop_tables_over_runs(tiny_runs):
     np.testing.assert_allclose(row.sort_values("class")["accuracy"], want)
 
 
+class _RecordingRun:
+    """A run whose model records the images it is asked about (and predicts class 0)."""
+
+    def __init__(self, cfg):
+        self.config, self.seen = cfg, []
+
+    def predict(self, images, batch_size=None):
+        self.seen.append(images.clone())
+        return torch.zeros(len(images), 4)
+
+
+def test_bandstop_test_of_a_run_uses_its_generator_options(tmp_path, monkeypatch):
+    from fslib import data, synthetic
+
+    monkeypatch.setenv("FSLIB_CACHE", str(tmp_path))
+    options = {"c2_special_fraction": 0.7, "noise_std": 0.02}
+    seen = {}
+    for key, opts in (("changed", options), ("default", {})):
+        run = _RecordingRun(train.TrainConfig(dataset="syn_b1", n_test=16, dataset_options=opts))
+        assert dynamics.bandstop_test(run, [(1, 2), (3, 4)])["n"] == 16
+        seen[key] = run.seen
+    config = synthetic.config_of(options)
+    test = data.load("syn_b1", "test", n=16, options=options, progress=False)
+    assert torch.equal(seen["changed"][0], test.images)  # the original images, then each band-stop version
+    for pair, images in zip([(1, 2), (3, 4)], seen["changed"][1:]):
+        assert torch.equal(images, synthetic.variant("syn_b1", "bandstop", pair, "test", 16, config=config)[0])
+    assert torch.equal(seen["default"][1], synthetic.variant("syn_b1", "bandstop", (1, 2), "test", 16)[0])
+    assert not any(torch.equal(a, b) for a, b in zip(seen["changed"], seen["default"]))
+
+
 # --------------------------------------------------------------------------- figures
 def test_plot_functions_draw_every_panel_and_reject_bad_shapes():
     import matplotlib

@@ -44,6 +44,9 @@ def test_every_parameter_has_a_type_papermill_shows_and_a_domain(chapter):
     ("models=[[resnet18, nope]]", "06_capacity_and_augmentation", "parameter models: unknown extra augmentation 'nope'"),
     ("cifar_n_rank=9990", "04_dominant_frequency_maps", "parameter cifar_n_rank + cifar_n_score: 9990 + 50 > 10000"),
     ("normalize=1", "03_class_wise_spectrum", "parameter normalize: expected bool, got the int 1"),
+    ("robust_generator=[none]", "02_learning_dynamics", "parameter robust_generator: ['none'] change no generator "
+     "option; valid: settings with dataset_options, e.g. c2_share_low"),
+    ("robust_generator=[noise_low]", "02_learning_dynamics", "parameter robust_generator: unknown setting 'noise_low'"),
 ])
 def test_bad_values_stop_the_run_before_anything_executes(assignment, chapter, expected, capsys, monkeypatch):
     ran = []

@@ -33,6 +33,26 @@ def test_combined_settings_merge_and_clashes_are_errors():
         sensitivity.setting("none+flipcrop")
 
 
+def test_generator_settings_resolve_to_dataset_options_and_merge_field_by_field():
+    base = recipes.synthetic("syn_b4", seed=1)
+    for name in ("c2_share_low", "c2_share_high", "c0_lines_low", "noise_high"):
+        cfg = sensitivity.setting(name).config(base, sensitivity.fine_tracking())
+        assert len(cfg.dataset_options) == 1 and cfg.augment == base.augment and cfg.track_every == 2
+        assert cfg.dataset_options == sensitivity.SETTINGS[name]["dataset_options"]
+    both = sensitivity.setting("c2_share_high+noise_high+none")
+    assert dict(both.overrides) == {"augment": "none",
+                                    "dataset_options": (("c2_special_fraction", 0.7), ("noise_std", 0.02))}
+    assert both.config(base).dataset_options == (("c2_special_fraction", 0.7), ("noise_std", 0.02))
+    with pytest.raises(ValueError, match=r"sets \['dataset_options.c2_special_fraction'\] twice"):
+        sensitivity.setting("c2_share_high+c2_share_low")
+    with pytest.raises(ValueError, match="setting 'noise_high': 'cifar10' takes no options"):
+        sensitivity.setting("noise_high").config(recipes.cifar10())
+    table = sensitivity.generator_table(["noise_high", "none", "c2_share_high+c0_lines_low"])
+    assert table.values.tolist() == [["noise_high", "noise_std", 0.02, 0.005],
+                                     ["c2_share_high+c0_lines_low", "c0_line_fraction", 0.5, 0.75],
+                                     ["c2_share_high+c0_lines_low", "c2_special_fraction", 0.7, 0.4]]
+
+
 @pytest.mark.parametrize("bad,match", [("nope", "unknown setting 'nope'.*valid: official"),
                                        ("none+nope", "unknown setting 'nope'")])
 def test_unknown_setting_names_are_clear_errors(bad, match):

@@ -321,3 +321,66 @@ def test_planted_targets_follow_the_synthetic_design():
     assert torch.equal(t[1] | t[3] | torch.nn.functional.one_hot(torch.tensor(16 * 32 + 16), 1024).bool().reshape(32, 32),
                        torch.ones(32, 32, dtype=torch.bool))
     assert sorted(zip(*t[2].nonzero().T.tolist())) == synthetic.special_frequencies("syn_b2")[2]
+
+
+# --------------------------------------------------------------------------- generator options
+@pytest.mark.parametrize("options, match", [
+    ({"noise": 0.02}, r"unknown option\(s\) \['noise'\] of 'syn_b4'; valid: c2_special_fraction, c0_line_fraction, noise_std"),
+    ({"size": 64}, r"unknown option\(s\) \['size'\]"),  # not a free parameter: the registry's resolution
+    ({"c2_special_fraction": 1.0}, r"c2_special_fraction=1.0 is out of range; valid: a number in \(0, 1\)"),
+    ({"c2_special_fraction": 0}, r"valid: a number in \(0, 1\)"),
+    ({"c0_line_fraction": 1.5}, r"c0_line_fraction=1.5 .*valid: a number in \(0, 1\]"),
+    ({"noise_std": -0.01}, r"noise_std=-0.01 .*valid: a number in \[0, 0.25\]"),
+    ({"noise_std": True}, r"noise_std=True .*valid"),
+    ({"noise_std": "0.02"}, r"noise_std='0.02' .*valid"),
+    ({"contrast": (0.2, 0.1)}, r"contrast=\(0.2, 0.1\) .*0 < low <= high <= 0.5"),
+    ({"contrast": (0.1,)}, r"contrast=\(0.1,\) .*a pair"),
+    ({"c0_lines": (2.5, 4)}, r"c0_lines=\(2.5, 4\) .*integers"),
+    ({"c0_lines": (0, 4)}, r"1 <= low <= high <= 32"),
+    ({"c0_line_weight": (0.5, 1.5)}, r"0 < low <= high <= 1"),
+])
+def test_bad_generator_options_name_the_value_and_what_is_valid(options, match):
+    with pytest.raises(ValueError, match=match):
+        synthetic.resolve_options("syn_b4", options)
+
+
+def test_options_keep_only_what_differs_from_the_defaults_in_one_normal_form():
+    assert synthetic.resolve_options("syn_b1") == () == synthetic.resolve_options("syn_b1", {"noise_std": 0.005})
+    given = {"contrast": [0.2, 0.3], "c2_special_fraction": 0.7, "c0_lines": [3, 6], "noise_std": 0}
+    assert synthetic.resolve_options("syn_b2", given) == (("c2_special_fraction", 0.7), ("contrast", (0.2, 0.3)),
+                                                          ("noise_std", 0.0))
+    assert synthetic.resolve_options("syn_b2", list(given.items())) == synthetic.resolve_options("syn_b2", given)
+    cfg = synthetic.config_of(synthetic.resolve_options("syn_b2", given))
+    assert (cfg.contrast, cfg.c2_special_fraction, cfg.noise_std) == ((0.2, 0.3), 0.7, 0.0)
+    assert synthetic.options_of(cfg) == synthetic.resolve_options("syn_b2", given)
+    assert synthetic.config_of(()) == synthetic.SyntheticConfig() and synthetic.options_of(None) == ()
+    with pytest.raises(ValueError, match="unknown synthetic dataset 'syn_b5'"):
+        synthetic.resolve_options("syn_b5", {})
+    with pytest.raises(ValueError, match="given twice"):
+        synthetic.resolve_options("syn_b1", [("noise_std", 0.01), ("noise_std", 0.02)])
+
+
+@pytest.mark.parametrize("option, value", [("noise_std", 0.02), ("c2_special_fraction", 0.7), ("c0_line_fraction", 0.5)])
+def test_a_changed_option_changes_the_images_and_has_its_own_cache_file(option, value):
+    from fslib.synthetic import generator
+
+    default = synthetic.SyntheticConfig()
+    changed = synthetic.config_of({option: value})
+    a, b = synthetic.load("syn_b4", "test", 16), synthetic.load("syn_b4", "test", 16, config=changed)
+    assert torch.equal(a[1], synthetic.load("syn_b4", "test", 16, config=default)[1])
+    assert not torch.equal(a[0], b[0])
+    assert torch.equal(b[0], synthetic.generate("syn_b4", "test", 16, config=changed).images)  # the cache holds it
+    paths = {generator._cache_path("syn_b4", "test", 16, 0, c) for c in (default, changed)}
+    assert len(paths) == 2 and all(p.exists() for p in paths)
+
+
+def test_the_changed_option_is_the_property_it_names():
+    # the share of C2's (non-DC) energy at its special frequencies follows c2_special_fraction
+    pos = np.array(synthetic.special_frequencies("syn_b3")[2])
+    shares = []
+    for share in (0.2, 0.7):
+        images, labels = synthetic.load("syn_b3", "test", 64, config=synthetic.config_of({"c2_special_fraction": share}))
+        power = spectral.fft_centred(images[labels == 2].double().mean(1) / 255).abs().pow(2).mean(0)
+        power[16, 16] = 0  # DC: the grey level
+        shares.append(float(power[pos[:, 0], pos[:, 1]].sum() / power.sum()))
+    assert shares[0] < 0.3 < 0.6 < shares[1]

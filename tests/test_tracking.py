@@ -37,3 +37,15 @@ def test_synthetic_track_sets_are_the_synthetic_modules_variants(tmp_path, monke
     test = data.load("syn_b2", "test", n=32, progress=False)
     images, labels = synthetic.variant("syn_b2", "bandstop", (1, 3), "test", n=32)
     assert torch.equal(tracking.track_set("bandstop:3,1", test), images) and torch.equal(labels, test.labels)
+
+
+def test_synthetic_track_sets_follow_the_generator_that_made_the_test_split(tmp_path, monkeypatch):
+    from fslib import data, synthetic
+
+    monkeypatch.setenv("FSLIB_CACHE", str(tmp_path))
+    test = data.load("syn_b4", "test", n=16, progress=False, options={"c0_line_fraction": 0.5})
+    config = synthetic.SyntheticConfig(c0_line_fraction=0.5)
+    for name, (kind, bands) in {"bandstop:1,4": ("bandstop", (1, 4)), "bandpass:2": ("bandpass", (2,))}.items():
+        want = synthetic.variant("syn_b4", kind, bands, "test", n=16, config=config)[0]
+        assert torch.equal(tracking.track_set(name, test), want)
+        assert not torch.equal(synthetic.variant("syn_b4", kind, bands, "test", n=16)[0], want)

@@ -6,9 +6,11 @@ import pytest
 import torch
 from toy_data import toy_loader, toy_set
 
+import fslib
 from fslib import augment as aug
-from fslib import train
+from fslib import data, runs, synthetic, train
 from fslib.inference import evaluate
+from fslib.tracking import track_set
 
 TINY = dict(dataset="cifar10", model="resnet18", width=0.0625, epochs=2, batch_size=16, scheduler="onecycle", lr=0.05)
 
@@ -175,6 +177,50 @@ def test_dataset_options_are_spelled_out_in_the_hash_and_refused_where_unknown()
         train.TrainConfig(**TINY, dataset_options={"correlation": 0.5})
     with pytest.raises(ValueError, match="unknown option.*valid: amplitude, correlation"):
         train.TrainConfig(**{**TINY, "dataset": "cifar10_skew"}, dataset_options={"corr": 0.5})
+
+
+# The book's default Syn_B4 run (fslib.recipes.synthetic("syn_b4")) as it was hashed before synthetic
+# sets took options: key e3b15091dc0473a4 under fslib 0.1.0, the folder its cached run lives in.
+SYN_B4_RUN = {
+    "dataset": "syn_b4", "model": "resnet18", "width": 0.25, "epochs": 4, "max_iters": 500, "batch_size": 64, "lr": 0.01,
+    "momentum": 0.9, "nesterov": True, "weight_decay": 0.0001, "scheduler": "plateau", "plateau_factor": 0.1,
+    "plateau_patience": 10, "label_smoothing": 0.0, "augment": "official", "pad": 4, "crop_scale": [0.08, 1.0],
+    "extra_augment": "none", "extra_augment_chunk": 1, "channels_last": True, "precision": "bf16", "n_train": None,
+    "n_test": 200, "resolution": None, "data_seed": 0, "val_fraction": 0.1, "seed": 0, "track_every": 20,
+    "track_until": 500, "track_sets": ["test", "bandpass:1", "bandpass:2", "bandpass:3", "bandpass:4", "bandstop:1,2",
+                                       "bandstop:1,3", "bandstop:1,4", "bandstop:2,3", "bandstop:2,4", "bandstop:3,4"]}
+
+
+def test_a_default_synthetic_run_keeps_its_hash_and_a_changed_generator_gets_another(monkeypatch):
+    monkeypatch.setattr(fslib, "__version__", "0.1.0")
+    for options in ((), {}, {"noise_std": 0.005}, [("c2_special_fraction", 0.4)]):  # all the default generator
+        cfg = train.TrainConfig(**SYN_B4_RUN, dataset_options=options)
+        assert cfg.dataset_options == () and "dataset_options" not in cfg.to_dict()
+        assert runs.run_hash(cfg) == "e3b15091dc0473a4"
+    keys = {runs.run_hash(train.TrainConfig(**SYN_B4_RUN, dataset_options=o))
+            for o in ({"noise_std": 0.02}, {"noise_std": 0.01}, {"c2_special_fraction": 0.7},
+                      {"c2_special_fraction": 0.7, "noise_std": 0.02})}
+    assert len(keys) == 4 and "e3b15091dc0473a4" not in keys
+    noisy = train.TrainConfig(**SYN_B4_RUN, dataset_options={"noise_std": 0.02})
+    assert noisy.to_dict()["dataset_options"] == [["noise_std", 0.02]]
+    assert train.TrainConfig.from_dict(json.loads(json.dumps(noisy.to_dict()))) == noisy
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['noise'\] of 'syn_b4'; valid: c2_special_fraction"):
+        train.TrainConfig(**SYN_B4_RUN, dataset_options={"noise": 0.02})
+
+
+def test_load_data_of_a_synthetic_run_uses_its_generator_options(tmp_path, monkeypatch):
+    monkeypatch.setenv("FSLIB_CACHE", str(tmp_path))
+    kw = dict(dataset="syn_b2", n_train=64, n_test=16, batch_size=16, val_fraction=0.25)
+    plain = train.load_data(train.TrainConfig(**kw), progress=False)
+    noisy = train.load_data(train.TrainConfig(**kw, dataset_options={"noise_std": 0.02}), progress=False)
+    want = data.load("syn_b2", "test", n=16, options={"noise_std": 0.02}, progress=False)
+    assert torch.equal(noisy.test.images, want.images) and not torch.equal(noisy.test.images, plain.test.images)
+    full = synthetic.load("syn_b2", "train", 64, config=synthetic.SyntheticConfig(noise_std=0.02))[0]
+    assert torch.equal(noisy.train.images, full[noisy.train.extra["index"]])
+    # the training loop's tracking sets (Trainer: track_set(name, data.test)) come from the same generator
+    variant = synthetic.variant("syn_b2", "bandstop", (1, 2), "test", 16, config=synthetic.SyntheticConfig(noise_std=0.02))
+    assert torch.equal(track_set("bandstop:1,2", noisy.test), variant[0])
+    assert not torch.equal(track_set("bandstop:1,2", plain.test), variant[0])
 
 
 def test_lr_scale_multiplies_the_first_step_of_the_scaled_blocks_only():

@@ -191,6 +191,17 @@ def _adcs_settings(value: list) -> str | None:
     return None
 
 
+def _generator_settings(value: list) -> str | None:
+    reason = _settings(value)
+    if reason:
+        return reason
+    plain = [name for name in value if sensitivity.generator_table([name]).empty]
+    if plain:
+        return f"{plain} change no generator option; valid: settings with dataset_options, e.g. " + \
+            ", ".join(n for n, o in sensitivity.SETTINGS.items() if "dataset_options" in o)
+    return None
+
+
 def _models(value: list) -> str | None:
     for pair in value:
         reason = _model_pair(pair)
@@ -234,6 +245,8 @@ DOMAINS: dict[str | tuple[str, str], Domain] = {
     "robust_every": count(1_000, "iterations"), "robust_until": count(100_000, "iterations"),
     "robust_bandstop": count(100_000, "synthetic test images"),
     "adcs_settings": Domain(nonempty=True, check=_adcs_settings),
+    "robust_generator": Domain(nonempty=True, check=_generator_settings),
+    "robust_generator_seeds": Domain(low=SEED.low, high=SEED.high, nonempty=True, why=SEED.why),
     "stability_per_class": count(500, "CIFAR-10 test images per class: 1,000 in all"),
     "stability_chunks": Domain(low=2, high=1_000, why="two chunks at least, one per half"),
     "stability_splits": count(100_000, "random splits"),

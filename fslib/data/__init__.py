@@ -70,17 +70,32 @@ __all__ = [
 
 
 def check_options(name: str, options=None) -> tuple:
-    """The complete settings of a dataset that takes options, as sorted ``(field, value)``
-    pairs (:func:`fslib.data.skew.resolve_options`); ``()`` for the others, which take none.
+    """The checked settings of a dataset that takes options, as sorted ``(field, value)`` pairs.
+
+    * a skewed set (``cifar10_skew``): every field of :class:`~fslib.data.skew.SkewConfig`,
+      completed with its defaults (:func:`fslib.data.skew.resolve_options`);
+    * a synthetic set (``syn_b1``..``syn_b4``): the generator's free parameters
+      (:data:`fslib.synthetic.OPTIONS`) that differ from the defaults, nothing else
+      (:func:`fslib.synthetic.resolve_options`): ``()`` is the default generator, so a
+      default run's config and hash do not change;
+    * every other dataset takes none: ``()``.
+
+    Raises ValueError for an unknown field (naming the valid ones), a value out of its
+    range (naming the range) or options given to a dataset that takes none.
 
     >>> check_options("cifar10"), dict(check_options("cifar10_skew"))["correlation"]
     ((), 0.95)
+    >>> check_options("syn_b4", {"noise_std": 0.02}), check_options("syn_b4")
+    ((('noise_std', 0.02),), ())
     """
     _spec(name)
     if name in skew.SKEWED:
         return skew.resolve_options(name, options or ())
+    if name in _SYN:
+        return synthetic.resolve_options(name, options or ())
     if options:
-        raise ValueError(f"{name!r} takes no options (got {dict(options)}); only {', '.join(skew.SKEWED)} do")
+        raise ValueError(f"{name!r} takes no options (got {dict(options)}); only "
+                         f"{', '.join([*skew.SKEWED, *_SYN])} do")
     return ()
 
 
@@ -132,7 +147,10 @@ def load(name: str, split: str | None = None, *, n: int | None = None, resolutio
         Stimuli sets: all 16 classes instead of the 7 that map onto CIFAR-10 and ImageNet-10.
     options : mapping, optional
         Settings of a derived dataset (:class:`fslib.data.skew.SkewConfig` fields for the
-        skewed sets); other datasets take none.
+        skewed sets) or of the synthetic generator (:data:`fslib.synthetic.OPTIONS`, e.g.
+        ``{"noise_std": 0.02}``: the images come from that
+        :class:`~fslib.synthetic.SyntheticConfig`); other datasets take none
+        (:func:`check_options`).
 
     Returns
     -------
@@ -143,7 +161,8 @@ def load(name: str, split: str | None = None, *, n: int | None = None, resolutio
         (torchvision CIFAR-10), ``texture_labels``, ``cifar10_labels``,
         ``imagenet10_labels``, ``cifar10_texture_labels``, ``imagenet10_texture_labels``,
         ``conflict`` (cue_conflict; -1 where a class has no counterpart), ``license``,
-        ``to_cifar10``, ``to_imagenet10``, ``paired_classes`` (imagenet_sct).
+        ``to_cifar10``, ``to_imagenet10``, ``paired_classes`` (imagenet_sct); synthetic sets:
+        :func:`fslib.synthetic.load_labeled`'s (``band``, ``seed``, ``config``, ...).
 
     Raises
     ------
@@ -169,7 +188,7 @@ def load(name: str, split: str | None = None, *, n: int | None = None, resolutio
         base = load(skew.SKEWED[name], split, n=n, seed=seed, progress=progress, download=download)
         return skew.derive_split(base, name, resolved, seed=seed)
     if name in _SYN:
-        return synthetic.load_labeled(name, split, n=n, seed=seed)
+        return synthetic.load_labeled(name, split, n=n, seed=seed, config=synthetic.config_of(resolved))
     folder = _prepare_split(spec, split, size, root, download, all_classes, progress)
     return _open_cache(folder, spec, n, seed)
 

@@ -28,8 +28,9 @@ index)``, so ``load(name, n=m)`` is the first ``m`` images of ``load(name, n=M)`
 ``fslib.paths.cache_dir("synthetic")`` keyed by the generator version and the arguments.
 
 Modules: :mod:`~fslib.synthetic.generator` (the design and the cached generation),
-:mod:`~fslib.synthetic.variants` (band-pass / band-stop test sets, planted targets) and
-:mod:`~fslib.synthetic.properties` (the measured properties of chapter 1).
+:mod:`~fslib.synthetic.variants` (band-pass / band-stop test sets, planted targets),
+:mod:`~fslib.synthetic.options` (the generator's free parameters as dataset options of a
+training run) and :mod:`~fslib.synthetic.properties` (the measured properties of chapter 1).
 """
 
 from fslib.synthetic.generator import (
@@ -46,6 +47,7 @@ from fslib.synthetic.generator import (
     load_labeled,
     special_frequencies,
 )
+from fslib.synthetic.options import OPTIONS, config_of, options_of, resolve_options
 from fslib.synthetic.properties import (
     band_energy_table,
     class_spectra,
@@ -64,4 +66,5 @@ __all__ = [
     "dataset_band", "generate", "load", "load_labeled", "variant", "planted_targets", "special_frequencies",
     "class_support", "special_amplitude_ratio", "colour_probe_accuracy", "band_energy_table", "properties",
     "properties_table", "config_table", "examples", "class_spectra", "variant_examples",
+    "OPTIONS", "resolve_options", "config_of", "options_of",
 ]

@@ -347,10 +347,12 @@ def load_labeled(name: str, split: str = "train", n: int | None = None, seed: in
                  config: SyntheticConfig | None = None):
     """:func:`load` wrapped as a :class:`fslib.images.LabeledImages` (classes C0..C3).
 
-    ``extra`` holds ``band`` (k), ``seed``, ``clip_fraction`` and ``special_frequencies``.
+    ``extra`` holds ``band`` (k), ``seed``, ``clip_fraction``, ``special_frequencies`` and
+    ``config`` (the :class:`SyntheticConfig` that generated the images: band-pass and
+    band-stop versions of the split, :func:`fslib.tracking.track_set`, are made with it).
     """
     out = _load_generated(name, split, n, seed, config)
     extra = {"band": dataset_band(name), "seed": seed, "clip_fraction": out.clip_fraction,
-             "special_frequencies": special_frequencies(name, config)}
+             "special_frequencies": special_frequencies(name, config), "config": config or SyntheticConfig()}
     return LabeledImages(out.images, out.labels, CLASSES, name, split,
                          f"fslib.synthetic v{GENERATOR_VERSION}", extra)
