@@ -3,6 +3,8 @@ the forward passes the protocol runs, knows what the cache holds, and plugs in n
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -148,7 +150,7 @@ def test_extrapolation_counts_the_passes_the_searches_run(p):
     of that shape actually run (counted by a hook), and the seconds are those counts at the rates."""
     net, shape, top, cand = tiny_net(), (3, 8, 8), 0.1, 1.5
     ext = cost.ranking_extrapolation(net, shape, 7, 4, patch_size=p, top=top, candidates=cand, n_units=4, n_timing=2,
-                                     device="cpu")
+                                     min_seconds=0.0, device="cpu")
     x, y = torch.randn(8, *shape, generator=torch.Generator().manual_seed(1)), torch.arange(8) % 4
     with dfm.search.PassCounter(net) as pc:
         dfm.ablation_loss(net, x, y, 4, patch_size=p, device="cpu", progress=False)
@@ -161,7 +163,15 @@ def test_extrapolation_counts_the_passes_the_searches_run(p):
     np.testing.assert_allclose(ext["seconds"], 7 * (ext["units"] / rate + ext["screen_s_per_image"]))
 
 
+def test_ablation_rate_stops_when_every_unit_is_timed():
+    start = time.perf_counter()
+    rate = cost.ablation_rate(tiny_net(), (3, 8, 8), patch_size=2, n_units=3, n_images=2, min_seconds=1e6, device="cpu")
+    assert rate > 0 and time.perf_counter() - start < 5  # 16 units, then done: not a million seconds
+
+
 def test_timing_rejects_bad_input_naming_it():
+    with pytest.raises(ValueError, match="min_seconds must be a number >= 0"):
+        cost.ablation_rate(tiny_net(), (3, 8, 8), min_seconds=-1, device="cpu")
     with pytest.raises(ValueError, match="n_units must be an int in 1..16"):
         cost.ablation_rate(tiny_net(), (3, 8, 8), patch_size=2, n_units=17, device="cpu")
     with pytest.raises(ValueError, match=r"image_shape must be \(C, H, W\)"):

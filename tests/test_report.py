@@ -122,3 +122,9 @@ def test_stability_verdict_reads_the_low_end_and_names_bad_values():
         report.stability_verdict(1.5)
     with pytest.raises(ValueError, match="min_iou=0"):
         report.stability_verdict(0.5, min_iou=0)
+
+
+def test_within_verdict_is_the_limit_inclusive_and_nan_fails():
+    assert report.within_verdict(600.0, 600.0) == "holds"
+    assert report.within_verdict(600.1, 600.0) == "does not hold"
+    assert report.within_verdict(float("nan"), 600.0) == "does not hold"
