@@ -146,6 +146,17 @@ def search_verdict(iou_median: float, cost_ratio: float, min_iou: float = 0.9, m
     return VERDICTS[2 - met]
 
 
+def within_verdict(value: float, limit: float) -> str:
+    """Is a measured or extrapolated cost within a target? "holds" when ``value <= limit``,
+    "does not hold" otherwise (or when ``value`` is NaN): e.g. issue 17's 224-px target, DFMs
+    of 500 ranking images in at most 600 s.
+
+    >>> within_verdict(420.0, 600.0), within_verdict(3600.0, 600.0)
+    ('holds', 'does not hold')
+    """
+    return VERDICTS[0] if float(value) <= float(limit) else VERDICTS[2]
+
+
 def more_verdict(n_method: int, n_baseline: int) -> str:
     """Does a method find more (shortcut) classes than a baseline? "holds" when more,
     "partly" when as many and at least one, "does not hold" otherwise.

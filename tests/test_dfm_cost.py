@@ -3,6 +3,8 @@ the forward passes the protocol runs, knows what the cache holds, and plugs in n
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -134,3 +136,47 @@ def test_class_verdicts_agree_with_the_overall_verdict(seed):
     assert (per_class == "strong shortcut").tolist() == strong.tolist()
     assert (overall == "holds") == strong.any()
     assert (overall == "partly") == (not strong.any() and (per_class == "beats the null").any())
+
+
+def tiny_net(num_classes=4):
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                               torch.nn.Flatten(), torch.nn.Linear(4, num_classes))
+
+
+@pytest.mark.parametrize("p", [1, 2])
+def test_extrapolation_counts_the_passes_the_searches_run(p):
+    """The extrapolated ablations per image are what an exact ablation and a verified search
+    of that shape actually run (counted by a hook), and the seconds are those counts at the rates."""
+    net, shape, top, cand = tiny_net(), (3, 8, 8), 0.1, 1.5
+    ext = cost.ranking_extrapolation(net, shape, 7, 4, patch_size=p, top=top, candidates=cand, n_units=4, n_timing=2,
+                                     min_seconds=0.0, device="cpu")
+    x, y = torch.randn(8, *shape, generator=torch.Generator().manual_seed(1)), torch.arange(8) % 4
+    with dfm.search.PassCounter(net) as pc:
+        dfm.ablation_loss(net, x, y, 4, patch_size=p, device="cpu", progress=False)
+    assert ext.loc["exact", "units"] == ext.loc["exact", "fwd_eq"] == pc.forwards / len(y)
+    ver = dfm.search.verified_dfms(net, x, y, 4, top=top, patch_size=p, candidates=cand, device="cpu", progress=False)
+    assert ext.loc["verified", "fwd_eq"] == ver.provenance["forward_equivalents"]
+    assert ext.loc["verified", "units"] < ext.loc["exact", "units"]
+    rate = ext["ablations_per_s"]
+    assert (rate > 0).all() and ext.loc["verified", "screen_s_per_image"] > 0 == ext.loc["exact", "screen_s_per_image"]
+    np.testing.assert_allclose(ext["seconds"], 7 * (ext["units"] / rate + ext["screen_s_per_image"]))
+
+
+def test_ablation_rate_stops_when_every_unit_is_timed():
+    start = time.perf_counter()
+    rate = cost.ablation_rate(tiny_net(), (3, 8, 8), patch_size=2, n_units=3, n_images=2, min_seconds=1e6, device="cpu")
+    assert rate > 0 and time.perf_counter() - start < 5  # 16 units, then done: not a million seconds
+
+
+def test_timing_rejects_bad_input_naming_it():
+    with pytest.raises(ValueError, match="min_seconds must be a number >= 0"):
+        cost.ablation_rate(tiny_net(), (3, 8, 8), min_seconds=-1, device="cpu")
+    with pytest.raises(ValueError, match="n_units must be an int in 1..16"):
+        cost.ablation_rate(tiny_net(), (3, 8, 8), patch_size=2, n_units=17, device="cpu")
+    with pytest.raises(ValueError, match=r"image_shape must be \(C, H, W\)"):
+        cost.ablation_rate(tiny_net(), (8, 8), device="cpu")
+    with pytest.raises(ValueError, match="every class needs an image"):
+        cost.screen_seconds(tiny_net(), (3, 8, 8), 4, n_images=3, device="cpu")
+    with pytest.raises(ValueError, match="candidates must be a positive"):
+        cost.ranking_extrapolation(tiny_net(), (3, 8, 8), 5, 4, candidates=0, device="cpu")

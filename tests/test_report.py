@@ -132,3 +132,9 @@ def test_settings_summary_and_glance_name_the_settings_of_each_verdict():
     assert settings_summary({"a": "does not hold"}) == "holds under no setting; does not hold under a"
     with pytest.raises(ValueError, match="at least one setting"):
         settings_glance({})
+
+
+def test_within_verdict_is_the_limit_inclusive_and_nan_fails():
+    assert report.within_verdict(600.0, 600.0) == "holds"
+    assert report.within_verdict(600.1, 600.0) == "does not hold"
+    assert report.within_verdict(float("nan"), 600.0) == "does not hold"

@@ -269,6 +269,11 @@ DOMAINS: dict[str | tuple[str, str], Domain] = {
     "set_rounds": count(100, "rounds of proposals per level"), "set_proposals": count(100, "masks per class per round"),
     "hfss_candidates": count(10_000, "candidate masks per stage"),
     "n_timing": count(1_000, "images per class"),
+    "imagenette_n_timing": count(392, "ranking images per class (the Imagenette validation split: at least 357)"),
+    "extrapolate_resolution": Domain(low=8, high=1_024, why="px per side of the timed random input"),
+    "extrapolate_n_rank": count(1_000_000, "ranking images"),
+    "target_seconds": Domain(low=0.0, high=1e7, low_open=True, why="seconds"),
+    "timing_seconds": Domain(low=0.0, high=3_600.0, why="seconds"),
     # chapter 10
     "mix_dim": count(10_000, "dimensions of the Gaussian mixture", low=2),
     "mix_dim_over": count(100_000, "dimensions of the over-parameterised mixture", low=2),
@@ -330,6 +335,10 @@ RELATIONS: dict[str, list[Callable[[dict[str, Any]], list[tuple[str, str]]]]] = 
         _rank_plus_score("imagenette_n_rank", "imagenette_n_score", 3_925, "Imagenette validation split"),
     ],
     "05_ood_transfer": [_rank_plus_score("n_rank", "n_score", 10_000, "CIFAR-10 test split")],
+    "07_fast_shortcut_search": [
+        _rank_plus_score("n_rank", "n_score", 10_000, "CIFAR-10 test split"),
+        _rank_plus_score("imagenette_n_rank", "imagenette_n_score", 3_925, "Imagenette validation split"),
+    ],
     "06_capacity_and_augmentation": [_rank_plus_score("n_rank", "n_score", 10_000, "CIFAR-10 test split"), _chapter6],
 }
 
