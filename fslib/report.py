@@ -226,9 +226,13 @@ def settings_glance(verdicts: Mapping[str, str]) -> str:
     'holds under 1 of 3 settings (none)'
     >>> settings_glance({"official": "partly", "none": "partly"})
     'holds under none of 2 settings'
+    >>> settings_glance({"a": "not judged: its precondition failed (x)"})
+    'not judged under any of 1 settings'
     """
     if not verdicts:
         raise ValueError("need the verdict of at least one setting")
+    if all(str(v).startswith(NOT_JUDGED) for v in verdicts.values()):
+        return f"not judged under any of {len(verdicts)} settings"
     holds = [str(s) for s, v in verdicts.items() if v == VERDICTS[0]]
     if not holds:
         return f"holds under none of {len(verdicts)} settings"
