@@ -22,7 +22,7 @@ the verdict (the rule stays in :mod:`fslib.report`), :func:`verdict_cells` shows
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import pandas as pd
 import torch
@@ -30,6 +30,7 @@ import torch
 from fslib import metrics, report, synthetic
 from fslib.constants import normalization
 from fslib.images import LabeledImages
+from fslib.sensitivity import sorted_pairs
 from fslib.synthetic import SyntheticConfig
 from fslib.synthetic.options import config_of
 
@@ -103,8 +104,7 @@ class Setup:
         for ok, name, value, valid in checks:
             if not ok:
                 raise ValueError(f"unknown {name} {value!r}; valid: {valid}")
-        items = self.generator.items() if isinstance(self.generator, Mapping) else self.generator
-        items = tuple(sorted((str(k), tuple(v) if isinstance(v, list) else v) for k, v in items))
+        items = sorted_pairs(self.generator)
         bad = [k for k, _ in items if k not in GENERATOR_FIELDS]
         if bad:
             raise ValueError(f"unknown generator fields {bad}; valid: {', '.join(GENERATOR_FIELDS)}")

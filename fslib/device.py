@@ -49,3 +49,10 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on ``device`` (CUDA runs asynchronously); a no-op elsewhere,
+    so a timing around it measures the work itself."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

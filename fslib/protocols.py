@@ -61,10 +61,8 @@ class Variant:
             raise ValueError(f"a variant needs a non-empty name, got {self.name!r}")
         if isinstance(self.chunks, bool) or not isinstance(self.chunks, int) or self.chunks < 1:
             raise ValueError(f"variant {self.name!r}: chunks must be an int >= 1, got {self.chunks!r}")
-        DFMConfig(top=self.top or 0.05, patch_size=self.patch_size or 1)  # checks top and patch_size
-        if self.top == 0 or self.patch_size == 0:
-            raise ValueError(f"variant {self.name!r}: top and patch_size must be positive or None, got "
-                             f"{self.top!r}, {self.patch_size!r}")
+        DFMConfig(top=0.05 if self.top is None else self.top,  # checks top and patch_size where set
+                  patch_size=1 if self.patch_size is None else self.patch_size)
 
     def resolved(self, config: DFMConfig) -> "Variant":
         """This variant with ``top`` and ``patch_size`` taken from ``config`` where they are None."""

@@ -34,8 +34,8 @@ from fslib.synthetic import CLASSES as SYNTHETIC_CLASSES
 from fslib.synthetic import SyntheticConfig
 from fslib.train import TrainConfig
 
-__all__ = ["Setting", "SETTINGS", "CLAIMS", "setting", "settings", "generator_table", "fine_tracking", "train_grid",
-           "measure_run", "run_table", "claim_verdicts", "verdict_cells", "summary"]
+__all__ = ["sorted_pairs", "Setting", "SETTINGS", "CLAIMS", "setting", "settings", "generator_table", "fine_tracking",
+           "train_grid", "measure_run", "run_table", "claim_verdicts", "verdict_cells", "summary"]
 
 TARGET, SHORTCUT = SYNTHETIC_CLASSES.index("C3"), SYNTHETIC_CLASSES.index("C2")
 """Claim 1a/1b's class (content in a single band) and claim 1c's class (special frequencies)."""
@@ -72,6 +72,16 @@ CLAIMS = {
 _FIELDS = {f.name for f in fields(TrainConfig)}
 
 
+def sorted_pairs(items: Mapping[str, Any] | Sequence[tuple[str, Any]]) -> tuple[tuple[str, Any], ...]:
+    """A mapping or ``(name, value)`` pairs as sorted, hashable pairs (lists become tuples).
+
+    >>> sorted_pairs({"b": [1, 2], "a": 0})
+    (('a', 0), ('b', (1, 2)))
+    """
+    pairs = items.items() if isinstance(items, Mapping) else items
+    return tuple(sorted((str(k), tuple(v) if isinstance(v, list) else v) for k, v in pairs))
+
+
 @dataclass(frozen=True)
 class Setting:
     """A named training setup: ``overrides`` replace fields of a recipe's config.
@@ -88,8 +98,7 @@ class Setting:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"a setting needs a non-empty name, got {self.name!r}")
-        items = self.overrides.items() if isinstance(self.overrides, Mapping) else self.overrides
-        items = tuple(sorted((str(k), tuple(v) if isinstance(v, list) else v) for k, v in items))
+        items = sorted_pairs(self.overrides)
         bad = [k for k, _ in items if k not in _FIELDS]
         if bad:
             raise ValueError(f"setting {self.name!r}: unknown TrainConfig fields {bad}; valid: {', '.join(sorted(_FIELDS))}")

@@ -175,20 +175,19 @@ def _model_pair(pair: list) -> str | None:
     return None
 
 
-def _settings(value: list) -> str | None:
-    try:
-        sensitivity.settings(value)
-    except ValueError as exc:
-        return str(exc)
-    return None
+def _error_of(resolve: Callable[[list], Any]) -> Callable[[list], str | None]:
+    """A domain check from a resolver that raises ValueError on bad input: its message, or None."""
+    def check(value: list) -> str | None:
+        try:
+            resolve(value)
+        except ValueError as exc:
+            return str(exc)
+        return None
+    return check
 
 
-def _adcs_settings(value: list) -> str | None:
-    try:
-        adcs_sensitivity.settings(value)
-    except ValueError as exc:
-        return str(exc)
-    return None
+_settings = _error_of(sensitivity.settings)
+_adcs_settings = _error_of(adcs_sensitivity.settings)
 
 
 def _generator_settings(value: list) -> str | None:

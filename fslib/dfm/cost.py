@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import pandas as pd
 import torch
 
-from fslib.device import resolve_device
+from fslib.device import resolve_device, synchronize
 from fslib.dfm.ablation import _auto_batch_size
 from fslib.dfm.config import DFMConfig
 from fslib.dfm.methods import method_cost
@@ -84,13 +84,11 @@ def seconds_per_forward(model: torch.nn.Module, image_shape: Sequence[int], *, b
     x = torch.randn(bs, c, h, w, generator=torch.Generator().manual_seed(0)).to(dev)
     with eval_mode(model, cpu_channels_last=True):
         model(x[: min(bs, 8)])
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
+        synchronize(dev)
         start = time.perf_counter()
         for _ in range(reps):
             model(x)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
+        synchronize(dev)
     return (time.perf_counter() - start) / (reps * bs), bs
 
 
@@ -275,11 +273,6 @@ def _check_timing_args(image_shape: Sequence[int], n: int, what: str) -> tuple[i
     return c, h, w
 
 
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-
-
 @torch.inference_mode()
 def ablation_rate(model: torch.nn.Module, image_shape: Sequence[int], *, patch_size: int = 1, n_units: int = 16,
                   n_images: int = 4, min_seconds: float = 2.0, batch_size: int | None = None,
@@ -323,12 +316,12 @@ def ablation_rate(model: torch.nn.Module, image_shape: Sequence[int], *, patch_s
     done = 0
     with eval_mode(model, cpu_channels_last=True):
         unit_image_losses(model, x, y, units, torch.arange(1), bs, dev)
-        _sync(dev)
+        synchronize(dev)
         start = time.perf_counter()
         for first in range(0, len(units), n_units):
             ids = torch.arange(first, min(first + n_units, len(units)))
             unit_image_losses(model, x, y, units, ids, bs, dev)
-            _sync(dev)
+            synchronize(dev)
             done += len(ids) * n_images
             if time.perf_counter() - start >= min_seconds:
                 break
@@ -357,10 +350,10 @@ def screen_seconds(model: torch.nn.Module, image_shape: Sequence[int], num_class
     y = torch.arange(n) % num_classes
     first_order_loss(model, x[:num_classes], y[:num_classes], num_classes, patch_size=patch_size, rectify=True,
                      device=dev, progress=False)  # warm-up
-    _sync(dev)
+    synchronize(dev)
     start = time.perf_counter()
     first_order_loss(model, x, y, num_classes, patch_size=patch_size, rectify=True, device=dev, progress=False)
-    _sync(dev)
+    synchronize(dev)
     return (time.perf_counter() - start) / n
 
 

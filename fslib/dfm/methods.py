@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 import torch
 
-from fslib.device import resolve_device
+from fslib.device import resolve_device, synchronize
 from fslib.dfm.ablation import _auto_batch_size, ablation_loss
 from fslib.dfm.units import _removed_components, _sinusoid_basis, ablation_units
 from fslib.spectral import fft_centred
@@ -104,8 +104,7 @@ def _exact_removal_seconds(config: DFMConfig, image_shape: tuple, n_images: int,
     basis = _sinusoid_basis(units.positions[chunk], h, w, x.dtype, dev)
     ticks.append(time.perf_counter())
     _ = x[None] - _removed_components(spec, pos, wts, basis).reshape(len(chunk), g, c, h, w)
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
+    synchronize(dev)
     ticks.append(time.perf_counter())
     chunks, groups = math.ceil(len(units) / len(chunk)), math.ceil(n_images / g)
     return chunks * ((ticks[1] - ticks[0]) + groups * (ticks[2] - ticks[1]))
